@@ -1,0 +1,79 @@
+"""Config keys of pointrend-sem.
+
+Every key lives under a namespace of its own (``MODEL.POINTREND_SEM``) or reuses a key that
+detectron2 or its DeepLab project already define with the same meaning, so this config can be
+combined with ``detectron2.projects.point_rend.add_pointrend_config`` in one process.
+"""
+
+from detectron2.config import CfgNode as CN
+from detectron2.projects.deeplab import add_deeplab_config
+
+
+def add_pointrend_sem_config(cfg: CN) -> None:
+    """Add every config key used by pointrend-sem to ``cfg`` (in place)."""
+    # DeepLab's keys: MODEL.RESNETS.STEM_TYPE ("basic" = MSRA 7x7 stem, "deeplab" = ResNetV1c's
+    # deep stem of three 3x3 convs), RES4_DILATION / RES5_MULTI_GRID (dilated "D8" backbones) and
+    # SOLVER.POLY_LR_POWER.
+    add_deeplab_config(cfg)
+
+    cfg.MODEL.POINTREND_SEM = CN()
+    # Name of the coarse head in SEM_SEG_HEADS_REGISTRY. It reads MODEL.SEM_SEG_HEAD.* and must
+    # expose ``layers(features) -> (N, num_classes, H / COMMON_STRIDE, W / COMMON_STRIDE)``.
+    cfg.MODEL.POINTREND_SEM.COARSE_HEAD_NAME = "SemSegFPNHead"
+    # Name of the point head in SEM_SEG_POINT_HEAD_REGISTRY.
+    cfg.MODEL.POINTREND_SEM.POINT_HEAD_NAME = "MLPPointHead"
+    # Feature maps the point head samples its fine-grained features from, e.g. ["p2", "p3"].
+    cfg.MODEL.POINTREND_SEM.IN_FEATURES = ["p2"]
+    # Number of hidden 1x1 layers ("fully connected" over points) of the point head, and width.
+    cfg.MODEL.POINTREND_SEM.NUM_FC = 3
+    cfg.MODEL.POINTREND_SEM.FC_DIM = 256
+    # If True, the coarse logits at each point are concatenated to the input of every hidden
+    # layer and of the predictor (mmsegmentation's recipe); if False only to the first layer's
+    # input (detectron2's recipe).
+    cfg.MODEL.POINTREND_SEM.COARSE_PRED_EACH_LAYER = True
+    # Training: number of points N per image at which the point loss is computed.
+    cfg.MODEL.POINTREND_SEM.TRAIN_NUM_POINTS = 2048
+    # Training: k, N * k uniformly random candidate points are drawn first.
+    cfg.MODEL.POINTREND_SEM.OVERSAMPLE_RATIO = 3.0
+    # Training: beta, beta * N of the points are the most uncertain candidates, the rest are
+    # drawn uniformly at random.
+    cfg.MODEL.POINTREND_SEM.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # Inference: number of x2 upsampling steps of adaptive subdivision (2 takes the stride-4
+    # coarse prediction to full resolution).
+    cfg.MODEL.POINTREND_SEM.SUBDIVISION_STEPS = 2
+    # Inference: number of most uncertain points re-predicted at each subdivision step.
+    cfg.MODEL.POINTREND_SEM.SUBDIVISION_NUM_POINTS = 8196
+    # Loss weights of the coarse head's loss and of the point loss.
+    cfg.MODEL.POINTREND_SEM.COARSE_LOSS_WEIGHT = 1.0
+    cfg.MODEL.POINTREND_SEM.POINT_LOSS_WEIGHT = 1.0
+    # How cross-entropy is averaged: True averages over non-ignored pixels (detectron2), False
+    # over all pixels, ignored ones counting as zero (mmsegmentation's default).
+    cfg.MODEL.POINTREND_SEM.LOSS_AVG_NON_IGNORE = True
+    # If True, inference also returns the coarse head's prediction, bilinearly upsampled to the
+    # image size, under the key "coarse_sem_seg", and evaluation reports its metrics next to the
+    # refined prediction's (prefixed "coarse_").
+    cfg.MODEL.POINTREND_SEM.OUTPUT_COARSE = False
+
+    # Photometric distortion of training images (mmsegmentation's PhotoMetricDistortion): each of
+    # brightness (+/- BRIGHTNESS_DELTA), contrast (x CONTRAST_RANGE), saturation
+    # (x SATURATION_RANGE) and hue (+/- HUE_DELTA, OpenCV's 0..180 hue), each applied with
+    # probability 0.5.
+    cfg.INPUT.PHOTOMETRIC_DISTORTION = CN({"ENABLED": False})
+    cfg.INPUT.PHOTOMETRIC_DISTORTION.BRIGHTNESS_DELTA = 32
+    cfg.INPUT.PHOTOMETRIC_DISTORTION.CONTRAST_RANGE = (0.5, 1.5)
+    cfg.INPUT.PHOTOMETRIC_DISTORTION.SATURATION_RANGE = (0.5, 1.5)
+    cfg.INPUT.PHOTOMETRIC_DISTORTION.HUE_DELTA = 18
+    # Random resize of training images keeping the aspect ratio (mmsegmentation's RandomResize):
+    # a ratio r is drawn uniformly from RATIO_RANGE and the image is scaled by
+    # min(r * max(SCALE) / long side, r * min(SCALE) / short side). Disabled: detectron2's
+    # ResizeShortestEdge with INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN is used instead.
+    cfg.INPUT.RANDOM_RESIZE = CN({"ENABLED": False})
+    cfg.INPUT.RANDOM_RESIZE.SCALE = (2048, 1024)
+    cfg.INPUT.RANDOM_RESIZE.RATIO_RANGE = (0.5, 2.0)
+
+    # Poly learning-rate schedule ("WarmupPolyLR"): after SOLVER.WARMUP_ITERS of linear warm-up
+    # from SOLVER.WARMUP_FACTOR, lr = (BASE_LR - BASE_LR_END) * (1 - t / T) ** POLY_LR_POWER
+    # + BASE_LR_END over the remaining T iterations (mmsegmentation's LinearLR + PolyLR).
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    cfg.SOLVER.BASE_LR_END = 1e-4

@@ -1,0 +1,121 @@
+"""Dataset mapper for semantic segmentation: image and label read, checked, transformed together."""
+
+import copy
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from PIL import Image
+
+from .augmentations import build_test_augmentations, build_train_augmentations
+
+
+def read_label(file_name: str) -> np.ndarray:
+    """Read a label map as class indices, (H, W) uint8/int.
+
+    Palette ("P" mode) PNGs give their palette *indices*, never colours. A file with colour
+    channels is rejected: labels must hold class indices, not colours.
+    """
+    try:
+        with Image.open(file_name) as label:
+            label.load()
+            if label.mode in ("RGB", "RGBA"):
+                raise ValueError(
+                    f"Label {file_name} is an {label.mode} image; labels must be single-channel "
+                    "class indices (mode L, P or I). Convert colour-coded labels to class ids."
+                )
+            return np.asarray(label)
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"Cannot read label {file_name}: {e}") from e
+
+
+class SemSegDatasetMapper:
+    """Map a dataset dict with "file_name" (and "sem_seg_file_name" when training) into model
+    inputs: "image" (3, H, W) uint8 tensor in INPUT.FORMAT, "sem_seg" (H, W) long tensor, and
+    "height"/"width" of the original image.
+
+    Geometric augmentations move image and label together (labels with nearest
+    interpolation); colour augmentations change the image only. Padding to a batch happens in
+    the model, labels padded with the ignore value.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        augmentations: List[T.Augmentation],
+        image_format: str,
+        num_classes: Optional[int] = None,
+        ignore_label: int = 255,
+    ):
+        """
+        Args:
+            is_train: read and return labels.
+            augmentations: applied in order to image and label.
+            image_format: PIL mode or "BGR" for images.
+            num_classes: if given, label values outside [0, num_classes) other than
+                ``ignore_label`` raise an error naming the file.
+            ignore_label: label value ignored by losses and metrics.
+        """
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        augs = build_train_augmentations(cfg) if is_train else build_test_augmentations(cfg)
+        return {
+            "is_train": is_train,
+            "augmentations": augs,
+            "image_format": cfg.INPUT.FORMAT,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        }
+
+    def _read_image(self, file_name: str) -> np.ndarray:
+        try:
+            return utils.read_image(file_name, format=self.image_format)
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"Cannot read image {file_name}: {e}") from e
+
+    def _check_label(self, label: np.ndarray, file_name: str) -> None:
+        if self.num_classes is None or label.max(initial=0) < self.num_classes:
+            return
+        values = np.unique(label)
+        bad = values[(values >= self.num_classes) & (values != self.ignore_label)]
+        if len(bad):
+            raise ValueError(
+                f"Label {file_name} has values {bad.tolist()} outside [0, {self.num_classes}) "
+                f"that are not the ignore value {self.ignore_label}; fix the label files or "
+                "MODEL.SEM_SEG_HEAD.NUM_CLASSES / IGNORE_VALUE."
+            )
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = self._read_image(dataset_dict["file_name"])
+        utils.check_image_size(dataset_dict, image)
+        label_file = dataset_dict.pop("sem_seg_file_name", None)
+        label = None
+        if self.is_train and label_file is not None:
+            label = read_label(label_file)
+            if label.shape != image.shape[:2]:
+                raise ValueError(
+                    f"Image {dataset_dict['file_name']} is {image.shape[1]}x{image.shape[0]} but "
+                    f"its label {label_file} is {label.shape[1]}x{label.shape[0]} (WxH); they "
+                    "must have the same size."
+                )
+            self._check_label(label, label_file)
+
+        aug_input = T.AugInput(image, sem_seg=label)
+        self.augmentations(aug_input)
+        image = aug_input.image
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if aug_input.sem_seg is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
+        return dataset_dict

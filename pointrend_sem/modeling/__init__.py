@@ -1,0 +1,26 @@
+"""Model parts; importing this module registers them in detectron2's registries."""
+
+from .backbone import build_pointrend_resnet_fpn_backbone, build_resnet
+from .meta_arch import PointRendSemanticSegmentor, postprocess_logits
+from .point_head import SEM_SEG_POINT_HEAD_REGISTRY, MLPPointHead, build_point_head
+from .point_sampling import (
+    calculate_uncertainty,
+    sample_training_points,
+    select_uncertain_grid_points,
+)
+from .pointrend_head import PointRendSemHead, cross_entropy_with_ignore
+
+__all__ = [
+    "build_pointrend_resnet_fpn_backbone",
+    "build_resnet",
+    "PointRendSemanticSegmentor",
+    "postprocess_logits",
+    "SEM_SEG_POINT_HEAD_REGISTRY",
+    "MLPPointHead",
+    "build_point_head",
+    "calculate_uncertainty",
+    "sample_training_points",
+    "select_uncertain_grid_points",
+    "PointRendSemHead",
+    "cross_entropy_with_ignore",
+]

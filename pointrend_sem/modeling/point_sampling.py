@@ -1,0 +1,86 @@
+"""Where PointRend looks: uncertainty of logits and the choice of points.
+
+Coordinates are normalized to [0, 1] x [0, 1] over the (padded) batch tensor, (x, y) order, as
+detectron2's ``point_sample`` expects.
+"""
+
+import torch
+from detectron2.projects.point_rend.point_features import (
+    get_uncertain_point_coords_on_grid,
+    get_uncertain_point_coords_with_randomness,
+)
+
+
+def calculate_uncertainty(logits: torch.Tensor) -> torch.Tensor:
+    """Uncertainty of per-class logits: minus the margin between the two highest logits.
+
+    With one class (a binary model predicting a single logit) the margin to the decision
+    boundary, ``-|logit|``, is used instead.
+
+    Args:
+        logits: (N, C, ...) class logits, C >= 1.
+
+    Returns:
+        (N, 1, ...) uncertainty, highest where the prediction is least certain.
+    """
+    if logits.shape[1] == 1:
+        return -logits.abs()
+    top2 = torch.topk(logits, k=2, dim=1).values
+    return (top2[:, 1] - top2[:, 0]).unsqueeze(1)
+
+
+def sample_training_points(
+    coarse_logits: torch.Tensor,
+    num_points: int,
+    oversample_ratio: float,
+    importance_sample_ratio: float,
+) -> torch.Tensor:
+    """Training points: the beta * N most uncertain of k * N random candidates, plus
+    (1 - beta) * N uniformly random points (PointRend paper, Sec. 3.1).
+
+    Uncertainty is computed from the coarse logits interpolated at each candidate, not from the
+    coarse grid. Randomness comes from torch's global generator (``torch.manual_seed`` seeds it).
+
+    Args:
+        coarse_logits: (N, C, Hc, Wc) coarse logits.
+        num_points: N, points per image.
+        oversample_ratio: k >= 1.
+        importance_sample_ratio: beta in [0, 1].
+
+    Returns:
+        (N, num_points, 2) point coordinates in [0, 1].
+    """
+    return get_uncertain_point_coords_with_randomness(
+        coarse_logits, calculate_uncertainty, num_points, oversample_ratio, importance_sample_ratio
+    )
+
+
+def select_uncertain_grid_points(
+    logits: torch.Tensor, num_points: int, valid_fraction: torch.Tensor = None
+):
+    """Inference points: the ``num_points`` most uncertain cells of the logits' grid.
+
+    Args:
+        logits: (N, C, H, W) logits on a regular grid over the padded batch.
+        num_points: M; ``min(M, H * W)`` points are returned.
+        valid_fraction: optional (N, 2) float tensor, the fraction (height, width) of the padded
+            batch that each image really covers. Cells outside it (padding) are chosen last, so
+            the point budget is spent on the image.
+
+    Returns:
+        point_indices: (N, P) long tensor of flat indices into the H x W grid.
+        point_coords: (N, P, 2) [0, 1]-normalized coordinates of the cell centres.
+    """
+    uncertainty = calculate_uncertainty(logits)
+    if valid_fraction is not None:
+        height, width = logits.shape[-2:]
+        rows = torch.arange(height, device=logits.device)
+        cols = torch.arange(width, device=logits.device)
+        valid_rows = (valid_fraction[:, 0] * height).ceil().long()
+        valid_cols = (valid_fraction[:, 1] * width).ceil().long()
+        outside = (rows[None, :, None] >= valid_rows[:, None, None]) | (
+            cols[None, None, :] >= valid_cols[:, None, None]
+        )
+        if outside.any():
+            uncertainty = uncertainty.masked_fill(outside[:, None], float("-inf"))
+    return get_uncertain_point_coords_on_grid(uncertainty, num_points)

@@ -1,0 +1,227 @@
+"""The PointRend semantic segmentation head: a coarse head refined by a point head."""
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from detectron2.projects.point_rend.point_features import point_sample
+from torch import nn
+from torch.nn import functional as F
+
+from .point_head import build_point_head
+from .point_sampling import sample_training_points, select_uncertain_grid_points
+
+
+def cross_entropy_with_ignore(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_value: int, avg_non_ignore: bool
+) -> torch.Tensor:
+    """Cross-entropy that stays finite when every target is ignored.
+
+    Args:
+        logits: (N, C, ...) logits.
+        targets: (N, ...) long class indices, ``ignore_value`` where ignored.
+        avg_non_ignore: average over non-ignored targets (True) or over all targets (False).
+
+    Returns:
+        scalar loss; zero (with gradient) when all targets are ignored.
+    """
+    loss = F.cross_entropy(logits, targets, ignore_index=ignore_value, reduction="sum")
+    if avg_non_ignore:
+        count = (targets != ignore_value).sum().clamp(min=1)
+    else:
+        count = max(targets.numel(), 1)
+    return loss / count
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class PointRendSemHead(nn.Module):
+    """PointRend for semantic segmentation (Kirillov et al., CVPR 2020).
+
+    A coarse head predicts logits at ``common_stride``; a point head re-predicts logits at
+    selected points from fine-grained features sampled at those points and the coarse logits
+    there. Training selects points by importance sampling, inference by adaptive subdivision.
+
+    Attribute names (``coarse_sem_seg_head``, ``point_head``) follow detectron2's
+    ``PointRendSemSegHead`` so its checkpoints load without renaming.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        coarse_sem_seg_head: nn.Module,
+        point_head: nn.Module,
+        in_features: List[str],
+        ignore_value: int,
+        train_num_points: int,
+        oversample_ratio: float,
+        importance_sample_ratio: float,
+        subdivision_steps: int,
+        subdivision_num_points: int,
+        coarse_loss_weight: float = 1.0,
+        point_loss_weight: float = 1.0,
+        loss_avg_non_ignore: bool = True,
+    ):
+        """
+        Args:
+            coarse_sem_seg_head: has ``layers(features) -> (N, C, H / s, W / s)`` logits.
+            point_head: called as ``point_head(fine (N, C_fine, P), coarse (N, C, P))``.
+            in_features: feature maps the fine-grained point features are sampled from.
+            ignore_value: label ignored by both losses.
+            train_num_points, oversample_ratio, importance_sample_ratio: N, k and beta of
+                training point selection.
+            subdivision_steps, subdivision_num_points: S and M of adaptive subdivision.
+            coarse_loss_weight, point_loss_weight: loss weights.
+            loss_avg_non_ignore: see :func:`cross_entropy_with_ignore`.
+        """
+        super().__init__()
+        self.coarse_sem_seg_head = coarse_sem_seg_head
+        self.point_head = point_head
+        self.in_features = in_features
+        self.ignore_value = ignore_value
+        self.train_num_points = train_num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.subdivision_steps = subdivision_steps
+        self.subdivision_num_points = subdivision_num_points
+        self.coarse_loss_weight = coarse_loss_weight
+        self.point_loss_weight = point_loss_weight
+        self.loss_avg_non_ignore = loss_avg_non_ignore
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        head_cfg = cfg.MODEL.POINTREND_SEM
+        missing = [f for f in head_cfg.IN_FEATURES if f not in input_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.POINTREND_SEM.IN_FEATURES names {missing}, which the backbone does not "
+                f"produce; choose from {sorted(input_shape)}."
+            )
+        coarse_head = SEM_SEG_HEADS_REGISTRY.get(head_cfg.COARSE_HEAD_NAME)(cfg, input_shape)
+        fine_channels = sum(input_shape[f].channels for f in head_cfg.IN_FEATURES)
+        return {
+            "coarse_sem_seg_head": coarse_head,
+            "point_head": build_point_head(cfg, fine_channels),
+            "in_features": list(head_cfg.IN_FEATURES),
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "train_num_points": head_cfg.TRAIN_NUM_POINTS,
+            "oversample_ratio": head_cfg.OVERSAMPLE_RATIO,
+            "importance_sample_ratio": head_cfg.IMPORTANCE_SAMPLE_RATIO,
+            "subdivision_steps": head_cfg.SUBDIVISION_STEPS,
+            "subdivision_num_points": head_cfg.SUBDIVISION_NUM_POINTS,
+            "coarse_loss_weight": head_cfg.COARSE_LOSS_WEIGHT,
+            "point_loss_weight": head_cfg.POINT_LOSS_WEIGHT,
+            "loss_avg_non_ignore": head_cfg.LOSS_AVG_NON_IGNORE,
+        }
+
+    def forward(
+        self,
+        features: Dict[str, torch.Tensor],
+        targets: Optional[torch.Tensor] = None,
+        valid_fraction: Optional[torch.Tensor] = None,
+    ):
+        """
+        Args:
+            features: backbone feature maps, each (N, C_f, H_f, W_f).
+            targets: (N, H, W) long labels at the padded input size (training only).
+            valid_fraction: (N, 2) fraction of the padded height and width covered by each
+                image (inference only; see :func:`select_uncertain_grid_points`).
+
+        Returns:
+            training: ``(None, {"loss_sem_seg": ..., "loss_sem_seg_point": ...})``.
+            inference: ``(refined logits (N, C, H_c * 2^S, W_c * 2^S), {})``.
+        """
+        if self.training:
+            return None, self.losses(features, targets)
+        refined, _ = self.inference(features, valid_fraction)
+        return refined, {}
+
+    def point_logits(
+        self,
+        features: Dict[str, torch.Tensor],
+        coarse_logits: torch.Tensor,
+        point_coords: torch.Tensor,
+    ) -> torch.Tensor:
+        """Point head prediction at ``point_coords`` (N, P, 2) -> (N, C, P) logits."""
+        fine_grained = torch.cat(
+            [
+                point_sample(features[f], point_coords, align_corners=False)
+                for f in self.in_features
+            ],
+            dim=1,
+        )
+        coarse_at_points = point_sample(coarse_logits, point_coords, align_corners=False)
+        return self.point_head(fine_grained, coarse_at_points)
+
+    def losses(self, features: Dict[str, torch.Tensor], targets: torch.Tensor):
+        """Coarse loss over all pixels plus point loss at the sampled points."""
+        coarse_logits = self.coarse_sem_seg_head.layers(features)
+        upsampled = F.interpolate(
+            coarse_logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False
+        )
+        loss_coarse = cross_entropy_with_ignore(
+            upsampled, targets, self.ignore_value, self.loss_avg_non_ignore
+        )
+        with torch.no_grad():
+            point_coords = sample_training_points(
+                coarse_logits,
+                self.train_num_points,
+                self.oversample_ratio,
+                self.importance_sample_ratio,
+            )
+        point_logits = self.point_logits(features, coarse_logits, point_coords)
+        point_targets = (
+            point_sample(
+                targets.unsqueeze(1).to(torch.float),
+                point_coords,
+                mode="nearest",
+                align_corners=False,
+            )
+            .squeeze(1)
+            .to(torch.long)
+        )
+        loss_point = cross_entropy_with_ignore(
+            point_logits, point_targets, self.ignore_value, self.loss_avg_non_ignore
+        )
+        return {
+            "loss_sem_seg": loss_coarse * self.coarse_loss_weight,
+            "loss_sem_seg_point": loss_point * self.point_loss_weight,
+        }
+
+    def inference(
+        self,
+        features: Dict[str, torch.Tensor],
+        valid_fraction: Optional[torch.Tensor] = None,
+        record_points: Optional[list] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Adaptive subdivision.
+
+        Each of S steps upsamples the logits x2 (bilinear), picks the M most uncertain grid
+        cells, and overwrites their logits with the point head's prediction.
+
+        Args:
+            features: backbone feature maps.
+            valid_fraction: (N, 2), see :func:`select_uncertain_grid_points`.
+            record_points: if a list is given, ``(point_coords (N, P, 2), uncertainty grid
+                logits (N, C, H, W))`` of each step are appended to it (for visualisation).
+
+        Returns:
+            refined: (N, C, H_c * 2^S, W_c * 2^S) logits.
+            coarse: (N, C, H_c, W_c) coarse logits.
+        """
+        coarse_logits = self.coarse_sem_seg_head.layers(features)
+        logits = coarse_logits
+        for _ in range(self.subdivision_steps):
+            logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
+            point_indices, point_coords = select_uncertain_grid_points(
+                logits, self.subdivision_num_points, valid_fraction
+            )
+            if record_points is not None:
+                record_points.append((point_coords, logits))
+            point_logits = self.point_logits(features, coarse_logits, point_coords)
+            n, c, h, w = logits.shape
+            index = point_indices.unsqueeze(1).expand(-1, c, -1)
+            logits = logits.reshape(n, c, h * w).scatter(2, index, point_logits).view(n, c, h, w)
+        return logits, coarse_logits
