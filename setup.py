@@ -27,6 +27,7 @@ setup(
         "scipy",
         "cityscapesscripts",
         "matplotlib",
+        "pyyaml",
         "tqdm",
     ],
     extras_require={

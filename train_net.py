@@ -6,27 +6,55 @@ python train_net.py --config-file configs/cityscapes_r50.yaml --num-gpus 4
 python train_net.py --config-file configs/cityscapes_r50.yaml --eval-only MODEL.WEIGHTS m.pth
 """
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, launch
+import os
 
-from pointrend_sem.engine import Trainer, setup
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, hooks, launch
+
+from pointrend_sem.data.datasets import check_dataset_ready, register_from_file
+from pointrend_sem.engine import Trainer, check_weights_file, setup
 
 
 def main(args):
+    if args.datasets_file:
+        register_from_file(args.datasets_file)
     cfg = setup(args)
+    needed = cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST
+    for dataset_name in needed:
+        check_dataset_ready(dataset_name, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if not resuming:
+        check_weights_file(cfg.MODEL.WEIGHTS)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        return Trainer.test(cfg, model)
+        results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(Trainer.test_with_TTA(cfg, model))
+        return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        trainer.register_hooks(
+            [hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))]
+        )
     return trainer.train()
 
 
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--datasets-file",
+        default="",
+        help="JSON/YAML file registering your own image/label folders (datasets/README.md)",
+    )
+    return parser
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     launch(
         main,
         args.num_gpus,

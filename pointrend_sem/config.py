@@ -71,6 +71,20 @@ def add_pointrend_sem_config(cfg: CN) -> None:
     cfg.INPUT.RANDOM_RESIZE.SCALE = (2048, 1024)
     cfg.INPUT.RANDOM_RESIZE.RATIO_RANGE = (0.5, 2.0)
 
+    # Test-time augmentation (with TEST.AUG.ENABLED and TEST.AUG.FLIP, detectron2's keys): scale
+    # ratios relative to the base test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST);
+    # mmsegmentation's defaults. detectron2's TEST.AUG.MIN_SIZES / MAX_SIZE are not used.
+    cfg.TEST.AUG.SCALE_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    # Sliding-window inference (mmsegmentation's mode="slide"): windows of CROP_SIZE (h, w) every
+    # STRIDE (h, w) pixels over the resized test image, logits averaged where windows overlap.
+    # Disabled: whole-image inference.
+    cfg.TEST.SLIDING_WINDOW = CN({"ENABLED": False})
+    cfg.TEST.SLIDING_WINDOW.CROP_SIZE = (512, 1024)
+    cfg.TEST.SLIDING_WINDOW.STRIDE = (341, 683)
+
+    # Iterations between writes of training metrics (console, metrics.json, TensorBoard).
+    cfg.LOG_PERIOD = 20
+
     # Poly learning-rate schedule ("WarmupPolyLR"): after SOLVER.WARMUP_ITERS of linear warm-up
     # from SOLVER.WARMUP_FACTOR, lr = (BASE_LR - BASE_LR_END) * (1 - t / T) ** POLY_LR_POWER
     # + BASE_LR_END over the remaining T iterations (mmsegmentation's LinearLR + PolyLR).

@@ -12,6 +12,8 @@ from PIL import Image
 
 from .augmentations import build_test_augmentations, build_train_augmentations
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
 
 def read_label(file_name: str) -> np.ndarray:
     """Read a label map as class indices, (H, W) uint8/int.
@@ -79,19 +81,30 @@ class SemSegDatasetMapper:
         }
 
     def _read_image(self, file_name: str) -> np.ndarray:
+        """(H, W, 3) uint8 image in ``image_format``. Grayscale and RGBA images are converted;
+        16-bit images are scaled to 8 bits (value / 257) instead of being clipped."""
         try:
-            return utils.read_image(file_name, format=self.image_format)
+            with Image.open(file_name) as probe:
+                sixteen_bit = probe.mode in SIXTEEN_BIT_MODES
+            if not sixteen_bit:
+                return utils.read_image(file_name, format=self.image_format)
+            with Image.open(file_name) as image:
+                values = np.asarray(image).astype(np.float32)
+            gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+            return np.repeat(gray[:, :, None], 3, axis=2)
         except (OSError, SyntaxError, ValueError) as e:
             raise ValueError(f"Cannot read image {file_name}: {e}") from e
 
     def _check_label(self, label: np.ndarray, file_name: str) -> None:
-        if self.num_classes is None or label.max(initial=0) < self.num_classes:
+        # a one-class (binary) model has labels 0 = background, 1 = foreground
+        num_labels = None if self.num_classes is None else max(self.num_classes, 2)
+        if num_labels is None or label.max(initial=0) < num_labels:
             return
         values = np.unique(label)
-        bad = values[(values >= self.num_classes) & (values != self.ignore_label)]
+        bad = values[(values >= num_labels) & (values != self.ignore_label)]
         if len(bad):
             raise ValueError(
-                f"Label {file_name} has values {bad.tolist()} outside [0, {self.num_classes}) "
+                f"Label {file_name} has values {bad.tolist()} outside [0, {num_labels}) "
                 f"that are not the ignore value {self.ignore_label}; fix the label files or "
                 "MODEL.SEM_SEG_HEAD.NUM_CLASSES / IGNORE_VALUE."
             )

@@ -3,6 +3,8 @@ poly schedule."""
 
 import logging
 import os
+import weakref
+from collections import OrderedDict
 from typing import Callable, Dict, List
 
 import torch
@@ -11,21 +13,38 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    hooks,
+)
+from detectron2.evaluation import (
+    DatasetEvaluator,
+    DatasetEvaluators,
+    inference_on_dataset,
+    print_csv_format,
+)
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..data import SemSegDatasetMapper
-from ..evaluation import CityscapesOfficialSemSegEvaluator, KeyedSemSegEvaluator
+from ..evaluation import (
+    KeyedSemSegEvaluator,
+    build_cityscapes_evaluators,
+    is_cityscapes_test_split,
+)
+from ..test_time_augmentation import SemanticSegmentorWithTTA
+from .checkpoint import AtomicDetectionCheckpointer
 from .lr_schedule import build_poly_lr_scheduler
 
-# evaluator_type -> builders of the evaluators that score a dataset's refined prediction
-EVALUATOR_BUILDERS: Dict[str, List[Callable[..., DatasetEvaluator]]] = {
-    "sem_seg": [lambda name, out: KeyedSemSegEvaluator(name, output_dir=out)],
-    "cityscapes_sem_seg": [
-        lambda name, out: KeyedSemSegEvaluator(name, output_dir=out),
-        lambda name, out: CityscapesOfficialSemSegEvaluator(name),
-    ],
+# evaluator_type -> builder of the evaluators that score a dataset's (refined) prediction
+EVALUATOR_BUILDERS: Dict[str, Callable[[str, str], List[DatasetEvaluator]]] = {
+    "sem_seg": lambda name, out: [KeyedSemSegEvaluator(name, output_dir=out)],
+    "cityscapes_sem_seg": build_cityscapes_evaluators,
 }
 
 
@@ -38,6 +57,40 @@ class Trainer(DefaultTrainer):
     * ``SOLVER.LR_SCHEDULER_NAME: WarmupPolyLR`` (other names: detectron2's schedulers).
     """
 
+    def __init__(self, cfg):
+        """As :class:`DefaultTrainer`, with two changes: on CPU, DistributedDataParallel is
+        created without device ids (gloo, CPU-only multi-process training), and checkpoints
+        are written atomically (:class:`AtomicDetectionCheckpointer`)."""
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        ddp_kwargs = {"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicDetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        """detectron2's hooks, the metric writers writing every ``cfg.LOG_PERIOD`` iterations
+        (detectron2 fixes 20; PeriodicWriter has no public setter)."""
+        hook_list = super().build_hooks()
+        for hook in hook_list:
+            if isinstance(hook, hooks.PeriodicWriter):
+                hook._period = self.cfg.LOG_PERIOD
+        return hook_list
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str = None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
@@ -47,10 +100,8 @@ class Trainer(DefaultTrainer):
                 f"Dataset {dataset_name} has evaluator_type={evaluator_type!r}; pointrend-sem "
                 f"evaluates {sorted(EVALUATOR_BUILDERS)}. Set it in the dataset's metadata."
             )
-        evaluators = [
-            build(dataset_name, output_folder) for build in EVALUATOR_BUILDERS[evaluator_type]
-        ]
-        if cfg.MODEL.POINTREND_SEM.OUTPUT_COARSE:
+        evaluators = EVALUATOR_BUILDERS[evaluator_type](dataset_name, output_folder)
+        if cfg.MODEL.POINTREND_SEM.OUTPUT_COARSE and not is_cityscapes_test_split(dataset_name):
             evaluators.append(
                 KeyedSemSegEvaluator(
                     dataset_name, output_key="coarse_sem_seg", result_key="coarse_sem_seg"
@@ -63,6 +114,27 @@ class Trainer(DefaultTrainer):
         results = super().test(cfg, model, evaluators)
         log_refinement_gain(results)
         return results
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluate with multi-scale + flip TTA (``TEST.AUG``); results get a "_TTA" suffix."""
+        logging.getLogger(__name__).info("Running inference with test-time augmentation ...")
+        tta_model = SemanticSegmentorWithTTA.from_config(cfg, model)
+        results = OrderedDict()
+        for dataset_name in cfg.DATASETS.TEST:
+            # The TTA model resizes each view itself, from the original image.
+            loader = build_detection_test_loader(
+                cfg, dataset_name, mapper=SemSegDatasetMapper(cfg, False, augmentations=[])
+            )
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA", dataset_name)
+            evaluator = cls.build_evaluator(cfg, dataset_name, output_folder)
+            results[dataset_name] = inference_on_dataset(tta_model, loader, evaluator)
+            if comm.is_main_process():
+                print_csv_format(results[dataset_name])
+        if len(results) == 1:
+            results = list(results.values())[0]
+        log_refinement_gain(results)
+        return OrderedDict((k + "_TTA", v) for k, v in results.items())
 
     @classmethod
     def build_train_loader(cls, cfg):

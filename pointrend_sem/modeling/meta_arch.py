@@ -1,6 +1,6 @@
 """Semantic segmentor that lets PointRend spend its points inside each image."""
 
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -34,31 +34,65 @@ def postprocess_logits(
     return logits[0]
 
 
+def sliding_windows(height: int, width: int, crop_size, stride) -> List[Tuple[int, int, int, int]]:
+    """Windows (y1, y2, x1, x2) covering an image, mmsegmentation's ``slide`` layout: a grid
+    every ``stride`` pixels, the last window of each row/column moved back inside the image.
+    A dimension smaller than the crop gets one window of the image's size."""
+    crop_h, crop_w = crop_size
+    stride_h, stride_w = stride
+    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+    windows = []
+    for row in range(rows):
+        for col in range(cols):
+            y2, x2 = min(row * stride_h + crop_h, height), min(col * stride_w + crop_w, width)
+            windows.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
+    return windows
+
+
 @META_ARCH_REGISTRY.register()
 class PointRendSemanticSegmentor(SemanticSegmentor):
-    """detectron2's :class:`SemanticSegmentor` with two additions for PointRend heads:
+    """detectron2's :class:`SemanticSegmentor` with additions for PointRend heads:
 
     * at inference the head learns which part of the padded batch each image covers, so
       subdivision points are not wasted on padding (a batch of differently sized images gives
       each image its full point budget);
     * predictions at any output stride are resized to the padded input before cropping, so a
       SUBDIVISION_STEPS that does not reach stride 1 still yields the input's size;
+    * optional sliding-window inference (``TEST.SLIDING_WINDOW``);
     * with ``MODEL.POINTREND_SEM.OUTPUT_COARSE`` it also returns the coarse prediction.
     """
 
     @configurable
-    def __init__(self, *, output_coarse: bool = False, **kwargs):
+    def __init__(
+        self,
+        *,
+        output_coarse: bool = False,
+        sliding_window: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            output_coarse: also return "coarse_sem_seg".
+            sliding_window: ((crop_h, crop_w), (stride_h, stride_w)), or None for whole-image
+                inference.
+            kwargs: see :class:`SemanticSegmentor`.
+        """
         super().__init__(**kwargs)
         self.output_coarse = output_coarse
+        self.sliding_window = sliding_window
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ret["output_coarse"] = cfg.MODEL.POINTREND_SEM.OUTPUT_COARSE
+        window = cfg.TEST.SLIDING_WINDOW
+        if window.ENABLED:
+            ret["sliding_window"] = (tuple(window.CROP_SIZE), tuple(window.STRIDE))
         return ret
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        """Normalize and pad the images of a batch into one (N, 3, H_pad, W_pad) tensor."""
+        """Normalize and pad the images of a batch into one (N, 3, H_pad, W_pad) ImageList."""
         images = [
             (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
         ]
@@ -77,27 +111,71 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         Returns:
             training: dict of losses.
             inference: one dict per image with "sem_seg" (C, height, width) logits, and
-            "coarse_sem_seg" likewise when ``output_coarse``.
+            "coarse_sem_seg" likewise when ``output_coarse``. A one-class (binary) model
+            returns two channels, (0, foreground logit), so that argmax gives 1 = foreground.
         """
         if self.training:
             return super().forward(batched_inputs)
-        images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        padded_size = images.tensor.shape[-2:]
-        sizes = torch.tensor(images.image_sizes, dtype=torch.float32, device=self.device)
-        valid_fraction = sizes / torch.tensor(padded_size, dtype=torch.float32, device=self.device)
-        refined, coarse = self.sem_seg_head.inference(features, valid_fraction)
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
+        if self.sliding_window is None:
+            predictions = self.predict_images(images)
+        else:
+            predictions = [self.predict_sliding(image) for image in images]
 
         results = []
-        for i, (inputs, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
-            height = inputs.get("height", image_size[0])
-            width = inputs.get("width", image_size[1])
-            result = {
-                "sem_seg": postprocess_logits(refined[i], padded_size, image_size, height, width)
-            }
-            if self.output_coarse:
-                result["coarse_sem_seg"] = postprocess_logits(
-                    coarse[i], padded_size, image_size, height, width
-                )
+        for inputs, image, logits in zip(batched_inputs, images, predictions):
+            height = inputs.get("height", image.shape[-2])
+            width = inputs.get("width", image.shape[-1])
+            result = {}
+            for key, value in logits.items():
+                if value.shape[0] == 1:  # binary model: (background 0, foreground logit)
+                    value = torch.cat([torch.zeros_like(value), value])
+                if tuple(value.shape[-2:]) != (height, width):
+                    value = F.interpolate(
+                        value[None], size=(height, width), mode="bilinear", align_corners=False
+                    )[0]
+                result[key] = value
             results.append(result)
         return results
+
+    def predict_images(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+        """Logits of normalized images, each (3, H_i, W_i), batched with padding.
+
+        Returns:
+            per image, "sem_seg" (and "coarse_sem_seg" when ``output_coarse``): (C, H_i, W_i).
+        """
+        batch = ImageList.from_tensors(
+            images,
+            self.backbone.size_divisibility,
+            padding_constraints=self.backbone.padding_constraints,
+        )
+        features = self.backbone(batch.tensor)
+        padded_size = tuple(batch.tensor.shape[-2:])
+        sizes = torch.tensor(batch.image_sizes, dtype=torch.float32, device=self.device)
+        valid_fraction = sizes / torch.tensor(padded_size, dtype=torch.float32, device=self.device)
+        refined, coarse = self.sem_seg_head.inference(features, valid_fraction)
+        outputs = []
+        for i, size in enumerate(batch.image_sizes):
+            out = {"sem_seg": postprocess_logits(refined[i], padded_size, size, *size)}
+            if self.output_coarse:
+                out["coarse_sem_seg"] = postprocess_logits(coarse[i], padded_size, size, *size)
+            outputs.append(out)
+        return outputs
+
+    def predict_sliding(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Logits of one normalized (3, H, W) image from overlapping windows, averaged where
+        they overlap; each window is a whole-image PointRend inference."""
+        (crop_size, stride), (height, width) = self.sliding_window, image.shape[-2:]
+        windows = sliding_windows(height, width, crop_size, stride)
+        sums: Dict[str, torch.Tensor] = {}
+        count = image.new_zeros((height, width))
+        for y1, y2, x1, x2 in windows:
+            (logits,) = self.predict_images([image[:, y1:y2, x1:x2]])
+            for key, value in logits.items():
+                if key not in sums:
+                    sums[key] = value.new_zeros((value.shape[0], height, width))
+                sums[key][:, y1:y2, x1:x2] += value
+            count[y1:y2, x1:x2] += 1
+        return {key: total / count for key, total in sums.items()}

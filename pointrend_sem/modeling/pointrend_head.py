@@ -19,6 +19,9 @@ def cross_entropy_with_ignore(
 ) -> torch.Tensor:
     """Cross-entropy that stays finite when every target is ignored.
 
+    With one class (C == 1, a binary model), the single logit is the foreground's: binary
+    cross-entropy with target 1 = foreground, 0 = background.
+
     Args:
         logits: (N, C, ...) logits.
         targets: (N, ...) long class indices, ``ignore_value`` where ignored.
@@ -27,7 +30,14 @@ def cross_entropy_with_ignore(
     Returns:
         scalar loss; zero (with gradient) when all targets are ignored.
     """
-    loss = F.cross_entropy(logits, targets, ignore_index=ignore_value, reduction="sum")
+    if logits.shape[1] == 1:
+        valid = targets != ignore_value
+        per_pixel = F.binary_cross_entropy_with_logits(
+            logits[:, 0], (targets == 1).to(logits.dtype), reduction="none"
+        )
+        loss = (per_pixel * valid).sum()
+    else:
+        loss = F.cross_entropy(logits, targets, ignore_index=ignore_value, reduction="sum")
     if avg_non_ignore:
         count = (targets != ignore_value).sum().clamp(min=1)
     else:

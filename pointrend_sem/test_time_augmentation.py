@@ -1,0 +1,99 @@
+"""Test-time augmentation for semantic segmentation: multi-scale + horizontal flip.
+
+detectron2's own TTA covers R-CNN models only. This wrapper runs the model (PointRend
+subdivision included) on every scale and flip of an image and averages the class
+probabilities at the original resolution, as mmsegmentation's ``SegTTAModel`` does.
+"""
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from detectron2.data import transforms as T
+from torch import nn
+
+OUTPUT_KEYS = ("sem_seg", "coarse_sem_seg")
+
+
+class SemanticSegmentorWithTTA(nn.Module):
+    """Wrap a semantic segmentor with multi-scale + flip test-time augmentation.
+
+    Input dicts carry the image at its ORIGINAL size (the TTA test loader does not resize);
+    scale r resizes it with the test rule at ``r`` times the base size: short side
+    ``r * MIN_SIZE_TEST``, long side at most ``r * MAX_SIZE_TEST``.
+
+    Output: one dict per image with "sem_seg" (C, H, W) — the mean class probabilities over all
+    augmented views, at the original size — and "coarse_sem_seg" likewise when the wrapped
+    model returns it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scale_ratios: Sequence[float],
+        flip: bool,
+        min_size: int,
+        max_size: int,
+    ):
+        """
+        Args:
+            model: returns, per input dict, "sem_seg" (C, height, width) logits.
+            scale_ratios: e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75).
+            flip: also run each scale on the horizontally flipped image.
+            min_size, max_size: the base test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
+        """
+        super().__init__()
+        self.model = model
+        self.scale_ratios = tuple(scale_ratios)
+        self.flip = flip
+        self.min_size = min_size
+        self.max_size = max_size
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module) -> "SemanticSegmentorWithTTA":
+        return cls(
+            model,
+            cfg.TEST.AUG.SCALE_RATIOS,
+            cfg.TEST.AUG.FLIP,
+            cfg.INPUT.MIN_SIZE_TEST,
+            cfg.INPUT.MAX_SIZE_TEST,
+        )
+
+    def _views(self, inputs: Dict) -> List[List[Tuple[Dict, bool]]]:
+        """Augmented inputs of one image with their flip flag, grouped by scale (a group is
+        run as one batch)."""
+        image = inputs["image"]
+        height = inputs.get("height", image.shape[1])
+        width = inputs.get("width", image.shape[2])
+        groups = []
+        for ratio in self.scale_ratios:
+            resize = T.ResizeShortestEdge(
+                int(self.min_size * ratio + 0.5), int(self.max_size * ratio + 0.5)
+            )
+            hwc = image.permute(1, 2, 0).numpy()
+            resized = resize.get_transform(hwc).apply_image(hwc)
+            scaled = torch.as_tensor(resized.transpose(2, 0, 1).copy())
+            group = [({"image": scaled, "height": height, "width": width}, False)]
+            if self.flip:
+                group.append(({"image": scaled.flip(-1), "height": height, "width": width}, True))
+            groups.append(group)
+        return groups
+
+    @torch.no_grad()
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
+        results = []
+        for inputs in batched_inputs:
+            sums: Dict[str, torch.Tensor] = {}
+            count = 0
+            for group in self._views(inputs):
+                outputs = self.model([view for view, _ in group])
+                for (_, flipped), output in zip(group, outputs):
+                    for key in OUTPUT_KEYS:
+                        if key not in output:
+                            continue
+                        probs = output[key].softmax(dim=0)
+                        if flipped:
+                            probs = probs.flip(-1)
+                        sums[key] = sums[key] + probs if key in sums else probs
+                    count += 1
+            results.append({key: total / count for key, total in sums.items()})
+        return results

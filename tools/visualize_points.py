@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""Show where PointRend looks on one image: one PNG with a row of titled panels.
+
+    python tools/visualize_points.py --config-file configs/demo_synthetic.yaml \
+        --input img.png --output points.png \
+        --opts MODEL.WEIGHTS output/demo_synthetic/model_final.pth
+
+Panels: the input; the coarse head's prediction; for each subdivision step, the uncertainty
+(-(top1 - top2) of that step's upsampled logits) as a heat map over the image, with the points
+the step re-predicts; the final (refined) prediction.
+"""
+
+import argparse
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+from detectron2.modeling import build_model
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from pointrend_sem.data import build_test_augmentations
+from pointrend_sem.engine import setup
+from pointrend_sem.modeling.meta_arch import postprocess_logits
+from pointrend_sem.modeling.point_sampling import calculate_uncertainty
+from pointrend_sem.predictor import display_metadata, to_model_inputs
+
+PANEL_INCHES = 4.0  # width and height of one panel
+LEGEND_INCHES = 0.5  # band under the panels for the class legend
+DPI = 100
+
+# one subdivision step: uncertainty (h, w) on the step's grid over the image, and the points
+# chosen at that step, (P, 2) (x, y) in pixels of the image
+Step = Tuple[np.ndarray, np.ndarray]
+
+
+def figure_size(num_steps: int, dpi: int = DPI) -> Tuple[int, int]:
+    """(width, height) in pixels of the PNG for ``num_steps`` subdivision steps."""
+    return round((num_steps + 3) * PANEL_INCHES * dpi), round((PANEL_INCHES + LEGEND_INCHES) * dpi)
+
+
+def colorize(labels: np.ndarray, colors: Sequence[Sequence[int]]) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 RGB; ids without a colour are black."""
+    palette = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+    out = np.zeros(labels.shape + (3,), np.uint8)
+    known = (labels >= 0) & (labels < len(palette))
+    out[known] = palette[labels[known]]
+    return out
+
+
+def blend(image: np.ndarray, labels: np.ndarray, colors, alpha: float = 0.6) -> np.ndarray:
+    """Class colours of ``labels`` (H, W) over an (H, W, 3) uint8 RGB image."""
+    mixed = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, colors)
+    return mixed.round().astype(np.uint8)
+
+
+def draw_point_panels(
+    image: np.ndarray,
+    coarse: np.ndarray,
+    steps: List[Step],
+    final: np.ndarray,
+    colors: Sequence[Sequence[int]],
+    class_names: Optional[Sequence[str]] = None,
+    dpi: int = DPI,
+) -> Figure:
+    """The row of panels, as a matplotlib figure of :func:`figure_size` pixels.
+
+    Args:
+        image: (H, W, 3) uint8 RGB input.
+        coarse: (H, W) class ids of the coarse prediction.
+        steps: per subdivision step, (uncertainty (h, w) covering the image, points (P, 2)
+            (x, y) in pixels of the image).
+        final: (H, W) class ids of the final prediction.
+        colors: RGB colour (0-255) of each class.
+        class_names: name of each class, for the legend (none without it).
+    """
+    width, height = figure_size(len(steps), dpi)
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(steps) + 3)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.02 + LEGEND_INCHES * dpi / height)
+    extent = (0, image.shape[1], image.shape[0], 0)  # pixel edges: points land on their cells
+    axes[0].imshow(image, extent=extent)
+    axes[0].set_title(f"input {image.shape[1]}×{image.shape[0]}")
+    axes[1].imshow(blend(image, coarse, colors), extent=extent)
+    axes[1].set_title("coarse prediction")
+    gray = image.mean(axis=2)
+    for k, (uncertainty, points) in enumerate(steps, start=1):
+        ax = axes[k + 1]
+        ax.imshow(gray, cmap="gray", extent=extent)
+        ax.imshow(uncertainty, cmap="viridis", alpha=0.7, extent=extent, interpolation="nearest")
+        ax.scatter(
+            points[:, 0],
+            points[:, 1],
+            s=_marker_area(image.shape, uncertainty.shape[1], dpi),
+            c="#ff1f1f",
+            marker="o",
+            linewidths=0,
+        )
+        grid = f"{uncertainty.shape[1]}×{uncertainty.shape[0]}"
+        ax.set_title(
+            f"step {k}: uncertainty on {grid} (bright: high)\n{len(points)} points chosen (red)",
+            fontsize=10,
+        )
+    axes[-1].imshow(blend(image, final, colors), extent=extent)
+    axes[-1].set_title("final prediction")
+    for ax in axes:
+        ax.set_axis_off()
+    if class_names:
+        handles = [
+            Patch(color=np.asarray(c) / 255.0, label=name) for name, c in zip(class_names, colors)
+        ]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    return fig
+
+
+def _marker_area(image_shape, grid_width: int, dpi: int) -> float:
+    """Scatter marker area (points^2) of a dot half as wide as a grid cell on screen (the image
+    is fitted into a square panel), at least 2 pixels wide."""
+    height, width = image_shape[:2]
+    cell_pixels = PANEL_INCHES * dpi * width / max(width, height) / grid_width
+    diameter = max(0.5 * cell_pixels, 2.0) * 72.0 / dpi
+    return diameter**2
+
+
+def _step_in_image(logits: torch.Tensor, coords: torch.Tensor, padded_size, image_size, out_size):
+    """One subdivision step, cropped to the grid cells that cover the image (a partly covered
+    last row or column included, as :func:`select_uncertain_grid_points` counts them).
+
+    Args:
+        logits: (1, C, h, w) logits of the step, over the padded batch.
+        coords: (P, 2) chosen points, [0, 1] (x, y) over the padded batch.
+        padded_size, image_size: (H, W) of the padded batch and of the image inside it.
+        out_size: (H, W) of the original image.
+
+    Returns:
+        uncertainty (rows, cols) of the crop, and the points inside it (P', 2) in pixels of the
+        original image, the crop being stretched over the image.
+    """
+    uncertainty = calculate_uncertainty(logits)[0, 0]
+    grid = np.array(uncertainty.shape, dtype=np.float64)
+    cells = np.ceil(grid * np.asarray(image_size) / np.asarray(padded_size))  # (rows, cols)
+    xy = coords.cpu().double().numpy() * grid[::-1]  # in grid cells
+    inside = (xy < cells[::-1]).all(axis=1)
+    points = xy[inside] * (np.asarray(out_size, dtype=np.float64) / cells)[::-1]
+    return uncertainty[: int(cells[0]), : int(cells[1])].cpu().numpy(), points
+
+
+@torch.no_grad()
+def collect_subdivision(model, inputs: Dict) -> Dict:
+    """Run ``model`` (a ``PointRendSemanticSegmentor``) on one input dict the way its
+    whole-image inference does (not sliding windows), recording each subdivision step.
+
+    Returns:
+        dict with "coarse" and "final" (H, W) class ids at the original size, and "steps":
+        a list of (uncertainty (h, w), points (P, 2) in pixels), one per subdivision step.
+    """
+    images = model.preprocess_image([inputs])
+    features = model.backbone(images.tensor)
+    padded_size = tuple(images.tensor.shape[-2:])
+    image_size = tuple(images.image_sizes[0])
+    valid_fraction = torch.tensor([image_size], dtype=torch.float32, device=model.device)
+    valid_fraction = valid_fraction / torch.tensor(padded_size, device=model.device)
+    records: list = []
+    refined, coarse = model.sem_seg_head.inference(features, valid_fraction, record_points=records)
+    out_size = (inputs["height"], inputs["width"])
+
+    def labels(logits: torch.Tensor) -> np.ndarray:
+        return (
+            postprocess_logits(logits, padded_size, image_size, *out_size).argmax(0).cpu().numpy()
+        )
+
+    steps = [
+        _step_in_image(logits, coords[0], padded_size, image_size, out_size)
+        for coords, logits in records
+    ]
+    return {"coarse": labels(coarse[0]), "final": labels(refined[0]), "steps": steps}
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="config file")
+    parser.add_argument("--input", required=True, help="the image")
+    parser.add_argument("--output", required=True, help="the PNG to write")
+    parser.add_argument("--dpi", type=int, default=DPI, help=f"resolution (default {DPI})")
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth",
+    )
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Parse ``argv``, run the model on the image and write the panels."""
+    args = get_parser().parse_args(argv)
+    cfg = setup(args, log=False)
+    model = build_model(cfg)
+    model.eval()
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    image = read_image(args.input, format=cfg.INPUT.FORMAT)
+    augmentations = T.AugmentationList(build_test_augmentations(cfg))
+    result = collect_subdivision(model, to_model_inputs(image, augmentations))
+    rgb = image if cfg.INPUT.FORMAT == "RGB" else image[:, :, ::-1]
+    metadata = display_metadata(cfg)
+    fig = draw_point_panels(
+        rgb,
+        result["coarse"],
+        result["steps"],
+        result["final"],
+        metadata.stuff_colors,
+        metadata.stuff_classes,
+        args.dpi,
+    )
+    fig.savefig(args.output, dpi=args.dpi)
+    logging.getLogger(__name__).info(f"Wrote {args.output}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()
