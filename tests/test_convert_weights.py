@@ -8,7 +8,7 @@ from conftest import REPO_ROOT, load_config
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from tools.convert_weights import convert_resnet_backbone
+from pointrend_sem.convert.resnet import convert_resnet_backbone
 
 
 def torchvision_resnet50_state():

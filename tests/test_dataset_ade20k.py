@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, tiny_train_net
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
 from PIL import Image
@@ -220,3 +220,11 @@ def test_metadata_addition_is_repeatable_and_keeps_existing_values(monkeypatch):
     add_ade20k_metadata()
     assert MetadataCatalog.get(name).stuff_colors == [[1, 2, 3]]
     assert MetadataCatalog.get(name).prepare_command == ADE20K_PREPARE_COMMAND
+
+
+def test_train_net_trains_and_evaluates_on_ade20k(prepared, tmp_path):
+    """The ADE20K recipe through train_net.py on the prepared fixture, a small model."""
+    root, _, _ = prepared
+    output = tiny_train_net("configs/ade20k_r50.yaml", root, tmp_path / "out")
+    assert "ade20k_sem_seg_val" in output
+    assert "IoU-wall" in output and "IoU-flag" in output  # first and last of the 150 classes

@@ -16,7 +16,7 @@ from cityscapesscripts.helpers.csHelpers import getCsFileInfo
 from cityscapesscripts.helpers.labels import id2label, name2label, trainId2label
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import json2labelImg
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, tiny_train_net
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 from detectron2.evaluation import DatasetEvaluators
@@ -444,3 +444,13 @@ def test_cityscapes_image_id():
     assert cityscapes_image_id(path) == ("frankfurt", "frankfurt_000000_000294")
     with pytest.raises(ValueError):
         cityscapes_image_id("/x/frankfurt_000000_000294.png")
+
+
+def test_train_net_trains_and_evaluates_on_cityscapes(prepared, tmp_path):
+    """The Cityscapes recipe through train_net.py on the prepared fixture, a small model, with
+    detectron2's mIoU and the official evaluation."""
+    root, _, _ = prepared
+    output = tiny_train_net("configs/cityscapes_r50.yaml", root, tmp_path / "out")
+    assert "cityscapes_fine_sem_seg_val" in output
+    assert "IoU-road" in output and "IoU-bicycle" in output
+    assert "sem_seg_cityscapes" in output

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import scipy.sparse
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, tiny_train_net
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from scipy.io import savemat
@@ -261,32 +261,8 @@ def test_missing_label_is_named(tmp_path, monkeypatch):
 
 
 def test_train_net_trains_and_evaluates_on_voc(prepared, tmp_path):
-    """The VOC recipe through train_net.py, with a small model (ResNet-18, 32-channel heads)."""
+    """The VOC recipe through train_net.py, with a small model (conftest.TINY_MODEL)."""
     root, _ = prepared
-    cmd = [
-        sys.executable, "train_net.py", "--config-file", "configs/voc_r50.yaml",
-        "MODEL.WEIGHTS", "",
-        "MODEL.RESNETS.DEPTH", "18",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-        "MODEL.RESNETS.NORM", "BN",
-        "MODEL.FPN.OUT_CHANNELS", "32",
-        "MODEL.SEM_SEG_HEAD.NORM", "BN",
-        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-        "MODEL.POINTREND_SEM.FC_DIM", "32",
-        "MODEL.POINTREND_SEM.TRAIN_NUM_POINTS", "64",
-        "MODEL.POINTREND_SEM.SUBDIVISION_NUM_POINTS", "256",
-        "SOLVER.MAX_ITER", "2",
-        "SOLVER.IMS_PER_BATCH", "2",
-        "INPUT.CROP.SIZE", "(16, 16)",
-        "INPUT.MIN_SIZE_TEST", "32",
-        "INPUT.MAX_SIZE_TEST", "64",
-        "DATALOADER.NUM_WORKERS", "0",
-        "TEST.EVAL_PERIOD", "0",
-        "OUTPUT_DIR", str(tmp_path / "out"),
-    ]  # fmt: skip
-    env = dict(os.environ, DETECTRON2_DATASETS=str(root))
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    output = proc.stdout + proc.stderr
+    output = tiny_train_net("configs/voc_r50.yaml", root, tmp_path / "out")
     assert "voc_2012_sem_seg_val" in output
     assert "IoU-aeroplane" in output and "IoU-tvmonitor" in output

@@ -1,108 +1,165 @@
 #!/usr/bin/env python
-"""Convert ImageNet-pretrained ResNet backbones into files that MODEL.WEIGHTS loads.
+"""Convert other codebases' checkpoints into files that MODEL.WEIGHTS loads.
 
+    # a full PointRend model (give the config it will be used with)
+    python tools/convert_weights.py --from mmseg --config-file configs/cityscapes_r50.yaml \
+        pointrend_r50_512x1024_80k_cityscapes.pth pretrained/pointrend_r50_cityscapes_mmseg.pth
+    python tools/convert_weights.py --from sssegmentation \
+        --config-file configs/voc_r50_sssegmentation.yaml \
+        pointrend_resnet50os8_voc_train.pth out.pth
+    # an ImageNet backbone
     python tools/convert_weights.py --from mmcv resnet50_v1c-2cccc1ad.pth \
         pretrained/resnet50_v1c.pth
-    python tools/convert_weights.py --from torchvision resnet50-0676ba61.pth pretrained/r50_tv.pth
+    python tools/convert_weights.py --from torchvision resnet50-0676ba61.pth out.pth
 
-``mmcv``: mmcv/mmsegmentation's ResNetV1c (``open-mmlab://resnet50_v1c``), deep stem.
-``torchvision``: torchvision's ResNet, 7x7 stem (use with ``MODEL.RESNETS.STEM_TYPE basic``).
-Every key is placed or the tool refuses to write and names the keys it could not place; the
-ImageNet classifier (``fc.*``) is dropped on purpose.
+Sources: ``mmseg`` (mmsegmentation PointRend), ``sssegmentation`` (its PointRend), ``mmcv``
+(mmcv's ImageNet ResNetV1c, ``open-mmlab://resnet50_v1c``), ``torchvision`` (ImageNet ResNet;
+use with ``MODEL.RESNETS.STEM_TYPE basic``). Every key is renamed and checked against the model
+of the config: the tool prints what it mapped and refuses to write (naming them) when a key
+cannot be placed, a shape disagrees, or — for full models — a model weight is left unfilled.
 """
 
 import argparse
 import re
 import sys
-from collections import OrderedDict
-from typing import Dict
+from typing import Callable, Dict, List
 
 import torch
 
-# (source prefix pattern, target prefix) for the stems; blocks are mapped by _BLOCK below.
-_STEMS = {
-    "mmcv": {
-        "stem.0.": "stem.conv1.",
-        "stem.1.": "stem.conv1.norm.",
-        "stem.3.": "stem.conv2.",
-        "stem.4.": "stem.conv2.norm.",
-        "stem.6.": "stem.conv3.",
-        "stem.7.": "stem.conv3.norm.",
-    },
-    "torchvision": {"conv1.": "stem.conv1.", "bn1.": "stem.conv1.norm."},
-}
-_BLOCK = re.compile(r"^layer(\d)\.(\d+)\.(conv\d|bn\d|downsample\.0|downsample\.1)\.(.+)$")
-_BLOCK_PARTS = {"downsample.0": "shortcut", "downsample.1": "shortcut.norm"}
-_DROPPED = re.compile(r"^fc\.|num_batches_tracked$")
-BACKBONE_PREFIX = "backbone.bottom_up."
+BACKBONE_SOURCES = ("mmcv", "torchvision")
+MODEL_SOURCES = ("mmseg", "sssegmentation")
 
 
-def _rename_block_key(key: str):
-    match = _BLOCK.match(key)
-    if match is None:
-        return None
-    stage, block, part, param = match.groups()
-    if part.startswith("bn"):
-        part = f"conv{part[2:]}.norm"
-    part = _BLOCK_PARTS.get(part, part)
-    return f"res{int(stage) + 1}.{block}.{part}.{param}"
+def converter(source: str) -> Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]:
+    """The renaming function of ``source``."""
+    if source in BACKBONE_SOURCES:
+        from pointrend_sem.convert.resnet import convert_resnet_backbone
+
+        return lambda state: convert_resnet_backbone(state, source)
+    if source == "mmseg":
+        from pointrend_sem.convert.mmseg import convert_mmseg_pointrend
+
+        return convert_mmseg_pointrend
+    from pointrend_sem.convert.sssegmentation import convert_sssegmentation_pointrend
+
+    return convert_sssegmentation_pointrend
 
 
-def convert_resnet_backbone(state_dict: Dict[str, torch.Tensor], source: str):
-    """Rename a ResNet ImageNet state dict into pointrend-sem's backbone keys.
+def load_state_dict(path: str, unsafe: bool = False) -> Dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, unwrapped from "state_dict"/"model" if nested.
 
-    Args:
-        state_dict: the source's parameters and buffers.
-        source: "mmcv" or "torchvision".
-
-    Returns:
-        OrderedDict of ``backbone.bottom_up.*`` tensors.
-
-    Raises:
-        KeyError: naming every key that could not be placed.
+    Loaded with ``weights_only=True`` (no code from the file runs) unless ``unsafe``.
     """
-    stems = _STEMS[source]
-    converted, unplaced = OrderedDict(), []
-    for key, value in state_dict.items():
-        if _DROPPED.search(key):
-            continue
-        new_key = next(
-            (target + key[len(src) :] for src, target in stems.items() if key.startswith(src)),
-            None,
-        )
-        new_key = new_key or _rename_block_key(key)
-        if new_key is None:
-            unplaced.append(key)
-            continue
-        converted[BACKBONE_PREFIX + new_key] = value
-    if unplaced:
-        raise KeyError(f"cannot place {len(unplaced)} key(s) of a {source} ResNet: {unplaced}")
-    return converted
-
-
-def load_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """Parameters of a checkpoint file, unwrapped from "state_dict"/"model" if nested."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not unsafe)
+    except Exception as e:  # torch raises pickle/runtime errors of many kinds here
+        if unsafe:
+            raise
+        raise ValueError(
+            f"{path} cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}); "
+            "if you trust the file, add --unsafe-load."
+        ) from e
     for wrapper in ("state_dict", "model"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):
             checkpoint = checkpoint[wrapper]
-    return checkpoint
+    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+
+
+def target_state(config_file: str, opts: List[str]) -> Dict[str, torch.Tensor]:
+    """Parameters and buffers of the model a config builds (random weights, CPU)."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from pointrend_sem import add_pointrend_sem_config
+
+    cfg = get_cfg()
+    add_pointrend_sem_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list([*opts, "MODEL.DEVICE", "cpu"])
+    return build_model(cfg).state_dict()
+
+
+def backbone_depth(state: Dict[str, torch.Tensor]) -> int:
+    """ResNet depth of an ImageNet state dict, from its number of res4 blocks and block type."""
+    blocks = {int(m[1]) for k in state for m in [re.match(r"^layer3\.(\d+)\.", k)] if m}
+    bottleneck = any(k.startswith("layer1.0.conv3") for k in state)
+    return {(6, True): 50, (23, True): 101, (36, True): 152, (2, False): 18, (6, False): 34}[
+        (len(blocks), bottleneck)
+    ]
+
+
+def check_against_model(
+    converted: Dict[str, torch.Tensor], model: Dict[str, torch.Tensor], full: bool
+) -> List[str]:
+    """Problems of ``converted`` as weights of ``model``: unknown keys, shape mismatches and,
+    for a full model (``full``), model weights it leaves unfilled."""
+    problems = []
+    for key, value in converted.items():
+        if key not in model:
+            problems.append(f"{key}: not a weight of the model")
+        elif tuple(value.shape) != tuple(model[key].shape):
+            problems.append(
+                f"{key}: shape {tuple(value.shape)} but the model has {tuple(model[key].shape)}"
+            )
+    wanted = [k for k in model if not k.endswith("num_batches_tracked")]
+    if not full:
+        wanted = [k for k in wanted if k.startswith("backbone.bottom_up.")]
+    problems += [f"{key}: missing from the checkpoint" for key in wanted if key not in converted]
+    return problems
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--from", dest="source", required=True, choices=MODEL_SOURCES + BACKBONE_SOURCES
+    )
+    parser.add_argument("input", help="source checkpoint")
+    parser.add_argument("output", help="converted file for MODEL.WEIGHTS (.pth)")
+    parser.add_argument(
+        "--config-file",
+        help="config the weights are for (required for full models; backbones default to "
+        "configs/cityscapes_r50.yaml at the checkpoint's depth)",
+    )
+    parser.add_argument("--unsafe-load", action="store_true", help="allow pickled code")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... (after OUTPUT)"
+    )
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--from", dest="source", required=True, choices=sorted(_STEMS))
-    parser.add_argument("input", help="source checkpoint (.pth)")
-    parser.add_argument("output", help="converted file for MODEL.WEIGHTS (.pth)")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
-        converted = convert_resnet_backbone(load_state_dict(args.input), args.source)
-    except KeyError as e:
+        state = load_state_dict(args.input, args.unsafe_load)
+        converted = converter(args.source)(state)
+    except (KeyError, ValueError) as e:
         print(f"error: {args.input}: {e.args[0]}; nothing written.", file=sys.stderr)
         return 1
+    opts = list(args.opts)
+    config_file = args.config_file
+    if config_file is None:
+        if args.source in MODEL_SOURCES:
+            print("error: --config-file is required for a full model.", file=sys.stderr)
+            return 2
+        config_file = "configs/cityscapes_r50.yaml"
+        depth = backbone_depth(state)
+        opts += ["MODEL.RESNETS.DEPTH", str(depth)]
+        opts += ["MODEL.RESNETS.RES2_OUT_CHANNELS", "64" if depth < 50 else "256"]
+        if args.source == "torchvision":
+            opts += ["MODEL.RESNETS.STEM_TYPE", "basic"]
+    problems = check_against_model(
+        converted, target_state(config_file, opts), full=args.source in MODEL_SOURCES
+    )
+    if problems:
+        listing = "\n  ".join(problems)
+        print(
+            f"error: {args.input} does not fit {config_file}:\n  {listing}\nnothing written.",
+            file=sys.stderr,
+        )
+        return 1
     for key, value in converted.items():
-        print(f"{key:60s} {tuple(value.shape)}")
-    torch.save({"model": converted, "__author__": "pointrend-sem convert_weights"}, args.output)
+        print(f"{key:70s} {tuple(value.shape)}")
+    torch.save({"model": converted, "__author__": f"pointrend-sem from {args.source}"}, args.output)
     print(f"wrote {len(converted)} tensors to {args.output}")
     return 0
 

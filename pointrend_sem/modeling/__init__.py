@@ -1,6 +1,7 @@
 """Model parts; importing this module registers them in detectron2's registries."""
 
-from .backbone import build_pointrend_resnet_fpn_backbone, build_resnet
+from .backbone import SizeMatchedFPN, build_pointrend_resnet_fpn_backbone, build_resnet
+from .coarse_head import SizeMatchedSemSegFPNHead
 from .meta_arch import PointRendSemanticSegmentor, postprocess_logits
 from .point_head import SEM_SEG_POINT_HEAD_REGISTRY, MLPPointHead, build_point_head
 from .point_sampling import (
@@ -11,6 +12,8 @@ from .point_sampling import (
 from .pointrend_head import PointRendSemHead, cross_entropy_with_ignore
 
 __all__ = [
+    "SizeMatchedFPN",
+    "SizeMatchedSemSegFPNHead",
     "build_pointrend_resnet_fpn_backbone",
     "build_resnet",
     "PointRendSemanticSegmentor",

@@ -11,6 +11,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.projects.deeplab.resnet import DeepLabStem, build_resnet_deeplab_backbone
+from torch.nn import functional as F
 
 
 def build_resnet(cfg, input_shape: ShapeSpec) -> Backbone:
@@ -35,15 +36,63 @@ def build_resnet(cfg, input_shape: ShapeSpec) -> Backbone:
     return resnet
 
 
+class SizeMatchedFPN(FPN):
+    """detectron2's FPN whose top-down path upsamples each level to the size of the level below
+    (nearest), as mmsegmentation's FPN does, instead of by a factor of 2. Identical on inputs
+    whose sizes are multiples of the largest stride; also correct on any other size, so inputs
+    need no padding (``size_divisibility`` sets how much the batch is padded).
+    """
+
+    def __init__(self, *args, size_divisibility: int = 0, **kwargs):
+        """
+        Args:
+            size_divisibility: pad batches to a multiple of this (0: the largest stride, as
+                detectron2's FPN; 1: no padding beyond the largest image of a batch).
+            args, kwargs: see :class:`FPN`.
+        """
+        super().__init__(*args, **kwargs)
+        if size_divisibility > 0:
+            self._size_divisibility = size_divisibility
+
+    def forward(self, x):
+        """
+        Args:
+            x: (N, 3, H, W) images.
+
+        Returns:
+            dict of "p2".."p5" feature maps, (N, C, ceil(H / s), ceil(W / s)) at stride s.
+        """
+        bottom_up = self.bottom_up(x)
+        prev = self.lateral_convs[0](bottom_up[self.in_features[-1]])
+        results = [self.output_convs[0](prev)]
+        levels = zip(self.in_features[-2::-1], self.lateral_convs[1:], self.output_convs[1:])
+        for feature_name, lateral_conv, output_conv in levels:
+            lateral = lateral_conv(bottom_up[feature_name])
+            prev = lateral + F.interpolate(prev, size=lateral.shape[-2:], mode="nearest")
+            if self._fuse_type == "avg":
+                prev = prev / 2
+            results.insert(0, output_conv(prev))
+        return dict(zip(self._out_features, results))
+
+
 @BACKBONE_REGISTRY.register()
 def build_pointrend_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     """ResNet (see :func:`build_resnet`) + FPN with outputs p2..p5 and no extra p6 level,
-    as mmsegmentation's FPN with ``num_outs=4``."""
-    return FPN(
+    as mmsegmentation's FPN with ``num_outs=4`` (top-down by size, see
+    :class:`SizeMatchedFPN`); ``MODEL.FPN.SIZE_DIVISIBILITY`` sets the input padding."""
+    fpn = SizeMatchedFPN(
         bottom_up=build_resnet(cfg, input_shape),
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=None,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        size_divisibility=cfg.MODEL.FPN.SIZE_DIVISIBILITY,
     )
+    activation = cfg.MODEL.FPN.ACTIVATION
+    if activation not in ("", "relu"):
+        raise ValueError(f"MODEL.FPN.ACTIVATION={activation!r} is unknown; use '' or 'relu'.")
+    if activation == "relu":  # sssegmentation's FPN: conv + norm + ReLU at every conv
+        for conv in [*fpn.lateral_convs, *fpn.output_convs]:
+            conv.activation = F.relu
+    return fpn

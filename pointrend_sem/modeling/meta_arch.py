@@ -8,6 +8,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.structures import ImageList
 from torch.nn import functional as F
 
+from .conv_norm_folding import fold_norms_in_inference
+
 
 def postprocess_logits(
     logits: torch.Tensor, padded_size, image_size, output_height: int, output_width: int
@@ -69,6 +71,8 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         *,
         output_coarse: bool = False,
         sliding_window: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None,
+        channels_last: bool = False,
+        fold_norms: bool = False,
         **kwargs,
     ):
         """
@@ -76,16 +80,28 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             output_coarse: also return "coarse_sem_seg".
             sliding_window: ((crop_h, crop_w), (stride_h, stride_w)), or None for whole-image
                 inference.
+            channels_last: keep conv weights and feature maps in channels-last (NHWC) memory
+                layout, which oneDNN (CPU) and cuDNN run faster; values are unchanged up to
+                float rounding.
+            fold_norms: in inference, fold batch norms into the preceding convolutions
+                (:mod:`.conv_norm_folding`); values are unchanged up to float rounding.
             kwargs: see :class:`SemanticSegmentor`.
         """
         super().__init__(**kwargs)
         self.output_coarse = output_coarse
         self.sliding_window = sliding_window
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        if fold_norms:
+            fold_norms_in_inference(self)
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ret["output_coarse"] = cfg.MODEL.POINTREND_SEM.OUTPUT_COARSE
+        ret["channels_last"] = cfg.MODEL.CHANNELS_LAST
+        ret["fold_norms"] = cfg.MODEL.FOLD_NORMS
         window = cfg.TEST.SLIDING_WINDOW
         if window.ENABLED:
             ret["sliding_window"] = (tuple(window.CROP_SIZE), tuple(window.STRIDE))
@@ -151,8 +167,11 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             self.backbone.size_divisibility,
             padding_constraints=self.backbone.padding_constraints,
         )
-        features = self.backbone(batch.tensor)
-        padded_size = tuple(batch.tensor.shape[-2:])
+        tensor = batch.tensor
+        if self.channels_last:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(tensor)
+        padded_size = tuple(tensor.shape[-2:])
         sizes = torch.tensor(batch.image_sizes, dtype=torch.float32, device=self.device)
         valid_fraction = sizes / torch.tensor(padded_size, dtype=torch.float32, device=self.device)
         refined, coarse = self.sem_seg_head.inference(features, valid_fraction)

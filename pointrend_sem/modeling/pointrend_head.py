@@ -45,6 +45,26 @@ def cross_entropy_with_ignore(
     return loss / count
 
 
+def write_point_logits_(
+    logits: torch.Tensor, point_indices: torch.Tensor, point_logits: torch.Tensor
+) -> None:
+    """Overwrite, in place, the logits of the cells ``point_indices`` with ``point_logits``.
+
+    Args:
+        logits: (N, C, H, W) logits, contiguous or channels-last.
+        point_indices: (N, P) flat indices into the H x W grid.
+        point_logits: (N, C, P) new logits.
+    """
+    n, c, h, w = logits.shape
+    if logits.is_contiguous(memory_format=torch.channels_last):
+        cells = logits.permute(0, 2, 3, 1).view(n, h * w, c)  # a view of the same memory
+        index = point_indices.unsqueeze(2).expand(-1, -1, c)
+        cells.scatter_(1, index, point_logits.transpose(1, 2).to(cells.dtype))
+    else:
+        index = point_indices.unsqueeze(1).expand(-1, c, -1)
+        logits.view(n, c, h * w).scatter_(2, index, point_logits.to(logits.dtype))
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class PointRendSemHead(nn.Module):
     """PointRend for semantic segmentation (Kirillov et al., CVPR 2020).
@@ -231,7 +251,5 @@ class PointRendSemHead(nn.Module):
             if record_points is not None:
                 record_points.append((point_coords, logits))
             point_logits = self.point_logits(features, coarse_logits, point_coords)
-            n, c, h, w = logits.shape
-            index = point_indices.unsqueeze(1).expand(-1, c, -1)
-            logits = logits.reshape(n, c, h * w).scatter(2, index, point_logits).view(n, c, h, w)
+            write_point_logits_(logits, point_indices, point_logits)
         return logits, coarse_logits

@@ -1,0 +1,1 @@
+"""Checkpoint converters: other codebases' weights renamed into this project's model keys."""

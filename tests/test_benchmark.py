@@ -1,0 +1,112 @@
+"""tools/benchmark.py runs end to end at tiny sizes and reports what it promises.
+
+Smoke tests only: the numbers' presence, consistency and the agreement with the reference
+implementations are checked, never their speed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import detectron2
+import pytest
+from conftest import REPO_ROOT
+
+from pointrend_sem.reference_models import DETECTRON2_POINTREND_CONFIG
+from tools import benchmark
+
+
+def run_benchmark(tmp_path, config: str, height: int, width: int, *flags: str):
+    """Run the CLI on ``configs/<config>``, one thread; returns (JSON results, stdout)."""
+    out = tmp_path / "results.json"
+    cmd = [
+        sys.executable, "tools/benchmark.py", "--config-file", f"configs/{config}",
+        "--height", str(height), "--width", str(width), "--threads", "1",
+        "--json", str(out), *flags,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        return json.load(f), proc.stdout
+
+
+def table_rows(stdout: str):
+    """{label: value} of the printed table (a pipe table with a header and a rule)."""
+    lines = stdout.strip().splitlines()
+    assert all(line.startswith("|") and line.endswith("|") for line in lines), stdout
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    return dict(cells)
+
+
+def detectron2_source_or_skip() -> None:
+    pytest.importorskip("detectron2.projects.point_rend")
+    root = os.path.dirname(os.path.dirname(detectron2.__file__))
+    if not os.path.isfile(os.path.join(root, DETECTRON2_POINTREND_CONFIG)):
+        pytest.skip("detectron2's source checkout (with projects/PointRend/configs) not found")
+
+
+def test_demo_inference_training_and_loader(tmp_path):
+    flags = ["--runs", "2", "--warmup", "1", "--train", "--data-loader", "--loader-batches", "2"]
+    results, stdout = run_benchmark(tmp_path, "demo_synthetic.yaml", 64, 96, *flags)
+
+    assert results["config"] == "configs/demo_synthetic.yaml" and results["device"] == "cpu"
+    assert (results["height"], results["width"], results["batch_size"]) == (64, 96, 1)
+    assert (results["threads"], results["runs"], results["warmup"]) == (1, 2, 1)
+    assert results["weights"] == "random"
+    for prefix in ("latency", "train_iter"):
+        runs = results[f"{prefix}_runs_ms"]
+        assert len(runs) == 2 and min(runs) > 0
+        assert results[f"{prefix}_min_ms"] <= results[f"{prefix}_median_ms"]
+        assert results[f"{prefix}_median_ms"] <= results[f"{prefix}_max_ms"]
+    assert results["images_per_s"] == pytest.approx(1000 / results["latency_median_ms"])
+    assert results["peak_memory_mib"] >= 0 and "RSS" in results["memory_method"]
+    assert results["point_head_calls"] == 2  # one per subdivision step
+    assert 0 < results["point_share"] < 1
+    assert results["point_head_ms"] + results["point_selection_ms"] <= results["point_pass_ms"]
+    assert results["train_crop"] == "96x96"
+    assert results["loader_status"] == "ok" and results["loader_images_per_s"] > 0
+    assert "agreement" not in results
+
+    rows = table_rows(stdout)
+    assert rows["config"] == "configs/demo_synthetic.yaml"
+    assert rows["resolution (H x W)"] == "64x96" and rows["torch threads"] == "1"
+    assert rows["inference latency, median (ms)"] == f"{results['latency_median_ms']:.1f}"
+    assert rows["training iteration, median (ms)"] == f"{results['train_iter_median_ms']:.1f}"
+    assert rows["point head + selection share of inference"].endswith("%")
+    assert rows["train data loader"] == "ok"
+    assert "reference" not in rows
+
+
+def test_compare_with_detectron2_same_weights_same_prediction(tmp_path):
+    detectron2_source_or_skip()
+    flags = ["--compare", "detectron2", "--runs", "1", "--warmup", "0", "MODEL.RESNETS.DEPTH", "50"]
+    results, stdout = run_benchmark(tmp_path, "cityscapes_r101_detectron2.yaml", 64, 128, *flags)
+
+    assert results["reference"] == "detectron2" and results["opts"] == "MODEL.RESNETS.DEPTH 50"
+    assert results["agreement"] == 1.0
+    assert len(results["reference_latency_runs_ms"]) == 1
+    ratio = results["latency_median_ms"] / results["reference_latency_median_ms"]
+    assert results["time_ratio"] == pytest.approx(ratio)
+    rows = table_rows(stdout)
+    assert rows["pixels with the same class as the reference"] == "1.000000"
+    assert rows["reference"] == "detectron2"
+
+
+def test_compare_with_mmseg_same_weights_same_prediction(tmp_path):
+    pytest.importorskip("mmseg", reason="mmsegmentation is not installed")
+    opts = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
+    opts += ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]
+    flags = ["--compare", "mmseg", "--runs", "1", "--warmup", "0", *opts]
+    results, stdout = run_benchmark(tmp_path, "cityscapes_r50.yaml", 64, 128, *flags)
+
+    assert results["reference"] == "mmseg" and results["agreement"] == 1.0
+    assert table_rows(stdout)["pixels with the same class as the reference"] == "1.000000"
+
+
+def test_compare_refuses_a_config_of_another_architecture():
+    detectron2_source_or_skip()
+    argv = ["--config-file", os.path.join(REPO_ROOT, "configs", "demo_synthetic.yaml")]
+    argv += ["--compare", "detectron2", "--height", "32", "--width", "32", "--runs", "1"]
+    with pytest.raises(SystemExit, match="needs a config with detectron2's architecture"):
+        benchmark.main(argv)
