@@ -40,6 +40,7 @@ import yaml
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .paths import datasets_root
+from .voc import voc_palette
 
 logger = logging.getLogger(__name__)
 
@@ -48,21 +49,9 @@ OPTIONAL_KEYS = ("colors", "ignore_label", "image_ext", "label_ext")
 
 
 def default_palette(num_classes: int) -> List[List[int]]:
-    """A deterministic palette of ``num_classes`` distinct RGB colours.
-
-    The PASCAL VOC colour map: the bits of the class index are spread over the three
-    channels, so every index below 2**24 gets its own colour (index 0 is black).
-    """
-    palette = []
-    for index in range(num_classes):
-        rgb = [0, 0, 0]
-        bits = index
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                rgb[channel] |= ((bits >> channel) & 1) << shift
-            bits >>= 3
-        palette.append(rgb)
-    return palette
+    """A deterministic palette of ``num_classes`` distinct RGB colours: the PASCAL VOC colour
+    map, in which every index below 2**24 gets its own colour (index 0 is black)."""
+    return voc_palette(num_classes)
 
 
 def _normalize_ext(ext: str) -> str:
