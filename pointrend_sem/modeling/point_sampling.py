@@ -72,7 +72,7 @@ def select_uncertain_grid_points(
         point_coords: (N, P, 2) [0, 1]-normalized coordinates of the cell centres.
     """
     uncertainty = calculate_uncertainty(logits)
-    if valid_fraction is not None:
+    if valid_fraction is not None and bool((valid_fraction < 1).any()):
         height, width = logits.shape[-2:]
         rows = torch.arange(height, device=logits.device)
         cols = torch.arange(width, device=logits.device)
@@ -81,6 +81,5 @@ def select_uncertain_grid_points(
         outside = (rows[None, :, None] >= valid_rows[:, None, None]) | (
             cols[None, None, :] >= valid_cols[:, None, None]
         )
-        if outside.any():
-            uncertainty = uncertainty.masked_fill(outside[:, None], float("-inf"))
+        uncertainty = uncertainty.masked_fill(outside[:, None], float("-inf"))
     return get_uncertain_point_coords_on_grid(uncertainty, num_points)
