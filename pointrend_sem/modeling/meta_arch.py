@@ -107,16 +107,23 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             ret["sliding_window"] = (tuple(window.CROP_SIZE), tuple(window.STRIDE))
         return ret
 
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        """Normalize and pad the images of a batch into one (N, 3, H_pad, W_pad) ImageList."""
-        images = [
+    def normalize_images(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
+        """Each input's "image" on the model's device, normalized: (3, H_i, W_i) float."""
+        return [
             (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
         ]
+
+    def pad_images(self, images: List[torch.Tensor]) -> ImageList:
+        """Normalized images padded into one (N, 3, H_pad, W_pad) ImageList."""
         return ImageList.from_tensors(
             images,
             self.backbone.size_divisibility,
             padding_constraints=self.backbone.padding_constraints,
         )
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalize and pad the images of a batch into one (N, 3, H_pad, W_pad) ImageList."""
+        return self.pad_images(self.normalize_images(batched_inputs))
 
     def forward(self, batched_inputs: List[Dict]):
         """
@@ -132,9 +139,7 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         """
         if self.training:
             return super().forward(batched_inputs)
-        images = [
-            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
-        ]
+        images = self.normalize_images(batched_inputs)
         if self.sliding_window is None:
             predictions = self.predict_images(images)
         else:
@@ -162,11 +167,7 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         Returns:
             per image, "sem_seg" (and "coarse_sem_seg" when ``output_coarse``): (C, H_i, W_i).
         """
-        batch = ImageList.from_tensors(
-            images,
-            self.backbone.size_divisibility,
-            padding_constraints=self.backbone.padding_constraints,
-        )
+        batch = self.pad_images(images)
         tensor = batch.tensor
         if self.channels_last:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
