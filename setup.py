@@ -31,6 +31,6 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "black", "isort", "flake8"],
+        "dev": ["pytest", "pytest-timeout", "black", "isort", "flake8"],
     },
 )

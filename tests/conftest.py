@@ -1,6 +1,8 @@
 import os
 import subprocess
 import sys
+import tempfile
+import textwrap
 
 import pytest
 import torch
@@ -10,6 +12,75 @@ from pointrend_sem import add_pointrend_sem_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+
+# A child process that outlives this is killed and its test fails by name (pytest-timeout, set in
+# setup.cfg, bounds the whole test too).
+COMMAND_TIMEOUT_S = 420
+# Set to a number of KiB to make every child Python process print that much to stdout and to
+# stderr at start-up, as a library that logs more would: the tests must still pass (no child may
+# block writing into a pipe that nobody reads).
+CHILD_NOISE_ENV = "POINTREND_SEM_TEST_CHILD_NOISE_KB"
+
+
+def child_env(env=None) -> dict:
+    """``env`` (default: this process's environment) for a child process, with the start-up noise
+    of ``CHILD_NOISE_ENV`` when it is set."""
+    env = dict(os.environ if env is None else env)
+    noise_kb = int(env.get(CHILD_NOISE_ENV, "0") or 0)
+    if noise_kb > 0:
+        folder = os.path.join(tempfile.gettempdir(), f"pointrend_sem_child_noise_{noise_kb}kb")
+        os.makedirs(folder, exist_ok=True)
+        line = "noise: a library logging at start-up " + "." * 60
+        with open(os.path.join(folder, "sitecustomize.py"), "w") as f:
+            f.write(textwrap.dedent(f"""\
+                    import sys
+                    _lines = ({line!r} + chr(10)) * ({noise_kb} * 1024 // {len(line) + 1} + 1)
+                    sys.stdout.write(_lines)
+                    sys.stdout.flush()
+                    sys.stderr.write(_lines)
+                    sys.stderr.flush()
+                    """))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [folder, env.get("PYTHONPATH")]))
+    return env
+
+
+def run_command(cmd, *, env=None, check=False, timeout=COMMAND_TIMEOUT_S, cwd=REPO_ROOT):
+    """Run ``cmd`` to completion; stdout and stderr are read while it runs (no full pipe can block
+    it) and returned as text; it is killed after ``timeout`` seconds (``TimeoutExpired``)."""
+    return subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=timeout,
+    )
+
+
+def start_command(cmd, log_path, *, env=None, cwd=REPO_ROOT) -> subprocess.Popen:
+    """Start ``cmd`` in the background with stdout and stderr going to the file ``log_path``
+    (never to a pipe); read it with ``tail_of(log_path)``. The caller kills it if it leaves early
+    (``kill_all``)."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            cmd, cwd=cwd, env=child_env(env), stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def kill_all(*procs):
+    """Kill and reap the processes of ``start_command`` that are still running."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def tail_of(log_path, chars=3000) -> str:
+    """The last ``chars`` characters (``None``: all) of a log file written by ``start_command``."""
+    with open(log_path, errors="replace") as f:
+        text = f.read()
+    return text[-chars:] if chars else text
 
 
 def load_config(name: str = "demo_synthetic.yaml", opts=()):
@@ -49,7 +120,7 @@ def tiny_train_net(config: str, datasets_root, output_dir, *opts) -> str:
     cmd = [sys.executable, "train_net.py", "--config-file", config, *TINY_MODEL, *opts]
     cmd += ["OUTPUT_DIR", str(output_dir)]
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    proc = run_command(cmd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 

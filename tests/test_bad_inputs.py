@@ -10,13 +10,12 @@ not reach stride 1 and a batch whose points are all ignored (test_pointrend_head
 import argparse
 import logging
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, load_config
+from conftest import REPO_ROOT, load_config, run_command
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -34,7 +33,7 @@ def setup_args(config="configs/demo_synthetic.yaml", opts=()):
 def run_train_net(tmp_path, *args):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
     cmd = [sys.executable, "train_net.py", *args]
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    return run_command(cmd, env=env)
 
 
 def last_line(text):

@@ -6,12 +6,11 @@ implementations are checked, never their speed.
 
 import json
 import os
-import subprocess
 import sys
 
 import detectron2
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_command
 
 from pointrend_sem.reference_models import DETECTRON2_POINTREND_CONFIG
 from tools import benchmark
@@ -25,7 +24,7 @@ def run_benchmark(tmp_path, config: str, height: int, width: int, *flags: str):
         "--height", str(height), "--width", str(width), "--threads", "1",
         "--json", str(out), *flags,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    proc = run_command(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:
         return json.load(f), proc.stdout

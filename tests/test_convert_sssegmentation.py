@@ -5,13 +5,12 @@ below from its module definitions (ResNet with the deep stem, FPN of conv + BN +
 FPN scale heads, point head of Conv1d + BN layers), filled with random tensors.
 """
 
-import subprocess
 import sys
 from collections import OrderedDict
 
 import pytest
 import torch
-from conftest import REPO_ROOT, load_config
+from conftest import load_config, run_command
 from detectron2.modeling import build_model
 from torch.nn import functional as F
 
@@ -232,7 +231,7 @@ def test_cli_converts_into_the_sssegmentation_config(tmp_path):
     torch.save({"epoch": 60, "model": sssegmentation_state(50, 21)}, source)
     cmd = [sys.executable, "tools/convert_weights.py", "--from", "sssegmentation"]
     cmd += ["--config-file", "configs/voc_r50_sssegmentation.yaml", str(source), str(out)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    proc = run_command(cmd)
     assert proc.returncode == 0, proc.stderr
     model = build_model(load_config("voc_r50_sssegmentation.yaml", OPTS))
     incompatible = model.load_state_dict(torch.load(out, weights_only=True)["model"], strict=False)

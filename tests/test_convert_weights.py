@@ -1,10 +1,9 @@
-import subprocess
 import sys
 
 import pytest
 import torch
 import torchvision
-from conftest import REPO_ROOT, load_config
+from conftest import load_config, run_command
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
@@ -42,7 +41,7 @@ def test_converted_backbone_fills_every_backbone_weight(tmp_path, source, state_
     torch.save(state, src)
     out = tmp_path / "converted.pth"
     cmd = [sys.executable, "tools/convert_weights.py", "--from", source, str(src), str(out)]
-    subprocess.run(cmd, cwd=REPO_ROOT, check=True, capture_output=True)
+    run_command(cmd, check=True)
 
     cfg = load_config(
         "cityscapes_r50.yaml", ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]
@@ -67,7 +66,7 @@ def test_unplaceable_key_is_named_and_nothing_written(tmp_path):
     src, out = tmp_path / "src.pth", tmp_path / "out.pth"
     torch.save(state, src)
     cmd = [sys.executable, "tools/convert_weights.py", "--from", "torchvision", str(src), str(out)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    proc = run_command(cmd)
     assert proc.returncode == 1
     assert "layer9.0.mystery.weight" in proc.stderr
     assert not out.exists()

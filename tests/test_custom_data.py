@@ -1,11 +1,10 @@
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import run_command
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
@@ -227,7 +226,7 @@ def write_label_mistakes(folder):
 
 def run_checker(*args):
     cmd = [sys.executable, "tools/check_labels.py", *map(str, args)]
-    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    return run_command(cmd)
 
 
 def test_inspect_label_finds_each_mistake(tmp_path):

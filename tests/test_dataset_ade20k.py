@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, tiny_train_net
+from conftest import REPO_ROOT, run_command, tiny_train_net
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
 from PIL import Image
@@ -63,11 +63,8 @@ def write_archive(root) -> str:
 
 
 def run_script(root, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, SCRIPT, "--root", str(root), "--workers", "2", *args],
-        capture_output=True,
-        text=True,
-        check=True,
+    return run_command(
+        [sys.executable, SCRIPT, "--root", str(root), "--workers", "2", *args], check=True
     )
 
 

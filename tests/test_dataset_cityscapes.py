@@ -5,7 +5,6 @@ import copy
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -16,7 +15,7 @@ from cityscapesscripts.helpers.csHelpers import getCsFileInfo
 from cityscapesscripts.helpers.labels import id2label, name2label, trainId2label
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import json2labelImg
-from conftest import REPO_ROOT, tiny_train_net
+from conftest import REPO_ROOT, run_command, tiny_train_net
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 from detectron2.evaluation import DatasetEvaluators
@@ -111,7 +110,7 @@ def write_archive(root) -> str:
 
 def run_script(root) -> str:
     args = [sys.executable, SCRIPT, "--root", str(root), "--workers", "2"]
-    return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return run_command(args, check=True).stdout
 
 
 def train_ids_files(cs: str):
@@ -337,9 +336,7 @@ def run_official_script(cs: str, results: str, export: str) -> dict:
     os.makedirs(export)
     env = dict(os.environ, CITYSCAPES_DATASET=cs, CITYSCAPES_RESULTS=results)
     env["CITYSCAPES_EXPORT_DIR"] = export
-    subprocess.run(
-        [sys.executable, "-c", OFFICIAL_SCRIPT], env=env, check=True, capture_output=True
-    )
+    run_command([sys.executable, "-c", OFFICIAL_SCRIPT], env=env, check=True)
     with open(os.path.join(export, "resultPixelLevelSemanticLabeling.json")) as f:
         return json.load(f)
 

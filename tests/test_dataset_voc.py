@@ -4,13 +4,12 @@ in the official layouts (VOC's palette PNGs, SBD's GTcls .mat files)."""
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import scipy.sparse
-from conftest import REPO_ROOT, tiny_train_net
+from conftest import REPO_ROOT, run_command, tiny_train_net
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from scipy.io import savemat
@@ -100,13 +99,7 @@ def make_voc_fixture(root):
 
 
 def run_prepare(*args, env=None):
-    proc = subprocess.run(
-        [sys.executable, PREPARE_SCRIPT, "--workers", "2", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    proc = run_command([sys.executable, PREPARE_SCRIPT, "--workers", "2", *args], env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

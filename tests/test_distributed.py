@@ -3,11 +3,10 @@ whose metrics equal a single process's."""
 
 import os
 import socket
-import subprocess
 import sys
 
 import torch
-from conftest import REPO_ROOT
+from conftest import run_command
 
 METRICS = os.path.join("inference", "synthetic_shapes_sem_seg_val", "sem_seg_evaluation.pth")
 
@@ -23,7 +22,7 @@ def run_train_net(tmp_path, num_processes, output_dir, *opts):
     cmd = [sys.executable, "train_net.py", "--config-file", "configs/demo_synthetic.yaml"]
     cmd += ["--num-gpus", str(num_processes), "--dist-url", f"tcp://127.0.0.1:{free_port()}"]
     cmd += [*opts, "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(output_dir)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    proc = run_command(cmd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

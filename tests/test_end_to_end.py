@@ -2,17 +2,16 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import torch
-from conftest import REPO_ROOT
+from conftest import run_command
 
 
 def run_train_net(tmp_path, *args):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
     cmd = [sys.executable, "train_net.py", "--config-file", "configs/demo_synthetic.yaml", *args]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    proc = run_command(cmd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

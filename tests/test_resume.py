@@ -3,12 +3,11 @@
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import torch
-from conftest import REPO_ROOT
+from conftest import COMMAND_TIMEOUT_S, kill_all, run_command, start_command, tail_of
 
 TINY = [
     "SOLVER.MAX_ITER", "12",
@@ -21,12 +20,11 @@ TINY = [
 
 
 def train_net(tmp_path, output_dir, *extra):
+    """Start ``train_net.py`` on the tiny demo; its output goes to ``<output_dir>.log``."""
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
     cmd = [sys.executable, "train_net.py", "--config-file", "configs/demo_synthetic.yaml", *extra]
     cmd += [*TINY, "OUTPUT_DIR", str(output_dir)]
-    return subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    return start_command(cmd, f"{output_dir}.log", env=env)
 
 
 def lr_by_iteration(output_dir):
@@ -41,25 +39,28 @@ def lr_by_iteration(output_dir):
 
 def test_sigkill_then_resume_continues_with_the_same_schedule(tmp_path):
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-    reference = train_net(tmp_path, reference_dir)
+    reference = victim = resumed = None
+    try:
+        reference = train_net(tmp_path, reference_dir)
+        victim = train_net(tmp_path, killed_dir)
+        tag = killed_dir / "last_checkpoint"
+        deadline = time.time() + 300
+        while not tag.exists() and victim.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        assert tag.exists(), "the run never wrote a checkpoint:\n" + tail_of(f"{killed_dir}.log")
+        checkpoint = tag.read_text().strip()
+        checkpointed_iter = torch.load(killed_dir / checkpoint, weights_only=False)["iteration"]
+        assert checkpointed_iter < 11, "the run finished before it could be killed"
 
-    victim = train_net(tmp_path, killed_dir)
-    tag = killed_dir / "last_checkpoint"
-    deadline = time.time() + 300
-    while not tag.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert tag.exists(), "the run never wrote a checkpoint"
-    checkpoint = tag.read_text().strip()
-    checkpointed_iter = torch.load(killed_dir / checkpoint, weights_only=False)["iteration"]
-    assert checkpointed_iter < 11, "the run finished before it could be killed"
-
-    resumed = train_net(tmp_path, killed_dir, "--resume")
-    log, _ = resumed.communicate()
-    assert resumed.returncode == 0, log[-3000:]
-    assert f"Starting training from iteration {checkpointed_iter + 1}" in log
-    assert reference.wait() == 0
+        resumed = train_net(tmp_path, killed_dir, "--resume")
+        assert resumed.wait(timeout=COMMAND_TIMEOUT_S) == 0, tail_of(f"{killed_dir}.log")
+        log = tail_of(f"{killed_dir}.log", chars=None)
+        assert f"Starting training from iteration {checkpointed_iter + 1}" in log
+        assert reference.wait(timeout=COMMAND_TIMEOUT_S) == 0, tail_of(f"{reference_dir}.log")
+    finally:
+        kill_all(reference, victim, resumed)
 
     expected, got = lr_by_iteration(reference_dir), lr_by_iteration(killed_dir)
     for iteration in range(checkpointed_iter + 1, 12):
@@ -84,7 +85,7 @@ def dying_save(obj, f, *a, **k):
 torch.save = dying_save
 ckpt.save("model_0000019")
 """
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT)
+    proc = run_command([sys.executable, "-c", script])
     assert proc.returncode == -signal.SIGKILL
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
     assert not (tmp_path / "model_0000019.pth").exists()

@@ -5,14 +5,13 @@ A randomly initialised demo model on small generated images of odd sizes; no tra
 
 import json
 import os
-import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, load_config
+from conftest import REPO_ROOT, load_config, run_command
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
@@ -66,7 +65,7 @@ def test_demo_writes_one_overlay_per_image_at_its_size(tmp_path, weights):
         "--output", str(out),
         "--opts", "MODEL.WEIGHTS", weights,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    proc = run_command(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     assert sorted(os.listdir(out)) == ["a.png", "b.png", "c.png", "d.png"]
@@ -179,7 +178,7 @@ def test_plot_metrics_keeps_the_last_of_a_resumed_run(tmp_path):
 
     out = tmp_path / "curves.png"
     cmd = [sys.executable, "tools/plot_metrics.py", str(path), "--output", str(out)]
-    subprocess.run(cmd, cwd=REPO_ROOT, check=True, capture_output=True)
+    run_command(cmd, check=True)
     expected = tuple(round(x * plot_metrics.DPI) for x in plot_metrics.FIGSIZE)
     assert png_size(out) == expected
 
