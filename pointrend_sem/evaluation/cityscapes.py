@@ -12,7 +12,8 @@ use the public ``cityscapesscripts``.
   one labelId PNG (uint8, full resolution) per image, named ``<city>_<seq>_<frame>_leftImg8bit.png``
   (the server matches ``<city>_<seq>_<frame>*.png``), and reports no metrics.
 * :func:`build_cityscapes_evaluators` picks them: the test split gets the writer, the other
-  splits detectron2's mIoU (:class:`KeyedSemSegEvaluator`) and the official evaluation.
+  splits detectron2's mIoU with the per-class boundary IoU (:class:`KeyedSemSegEvaluator`) and
+  the official evaluation (which has no boundary metric).
 
 Test-set submission, after ``python datasets/prepare_cityscapes.py`` (detectron2 reads the test
 split's labelTrainIds files too, all "ignore")::
