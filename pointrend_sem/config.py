@@ -1,8 +1,10 @@
 """Config keys of pointrend-sem.
 
-Every key lives under a namespace of its own (``MODEL.POINTREND_SEM``) or reuses a key that
-detectron2 or its DeepLab project already define with the same meaning, so this config can be
-combined with ``detectron2.projects.point_rend.add_pointrend_config`` in one process.
+``add_pointrend_sem_config`` only adds keys; it never changes the value of a key detectron2
+already has, so it can be combined with ``detectron2.projects.point_rend.add_pointrend_config``
+(or DeepLab's) in one process and their YAMLs load as they would without it. The head's keys
+live under ``MODEL.POINTREND_SEM``; the others extend the section they belong to
+(``MODEL.FPN``, ``MODEL``, ``INPUT``, ``TEST``) or are DeepLab's (``add_deeplab_config``).
 """
 
 from detectron2.config import CfgNode as CN
@@ -84,6 +86,18 @@ def add_pointrend_sem_config(cfg: CN) -> None:
     cfg.INPUT.RANDOM_RESIZE = CN({"ENABLED": False})
     cfg.INPUT.RANDOM_RESIZE.SCALE = (2048, 1024)
     cfg.INPUT.RANDOM_RESIZE.RATIO_RANGE = (0.5, 2.0)
+    # How images are resized (test-time resize, RANDOM_RESIZE, each view of test-time
+    # augmentation): "detectron2" = detectron2's ResizeShortestEdge / ResizeTransform (PIL
+    # bilinear, antialiased when shrinking; labels PIL nearest; detectron2's size rounding);
+    # "opencv" = cv2.INTER_LINEAR without antialiasing (labels cv2.INTER_NEAREST) and mmcv's size
+    # rounding, int(side * factor + 0.5) with factor min(MAX_SIZE_TEST / long side,
+    # MIN_SIZE_TEST / short side), as mmsegmentation's and sssegmentation's pipelines do.
+    cfg.INPUT.RESIZE_BACKEND = "detectron2"
+    # How inference brings the logits back to an image's original size (height, width):
+    # "via_input" = resize them to the (padded) network input, crop the image, resize to the
+    # original size (detectron2, mmsegmentation); "direct" = one bilinear resize of the logits
+    # covering the image straight to the original size (sssegmentation; it never pads).
+    cfg.TEST.OUTPUT_RESIZE = "via_input"
 
     # Test-time augmentation (with TEST.AUG.ENABLED and TEST.AUG.FLIP, detectron2's keys): scale
     # ratios relative to the base test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST);
@@ -96,12 +110,30 @@ def add_pointrend_sem_config(cfg: CN) -> None:
     cfg.TEST.SLIDING_WINDOW.CROP_SIZE = (512, 1024)
     cfg.TEST.SLIDING_WINDOW.STRIDE = (341, 683)
 
+    # Training as each source trains.
+    # How training images (normalized, so padding with 0 = the mean pixel) and their labels (with
+    # MODEL.SEM_SEG_HEAD.IGNORE_VALUE) are padded into one batch: "batch" = bottom/right to the
+    # largest image of the batch (detectron2); "crop_size" = bottom/right to INPUT.CROP.SIZE
+    # (mmsegmentation's SegDataPreProcessor(size=crop_size)); "crop_size_centered" = centred in
+    # INPUT.CROP.SIZE (sssegmentation's Padding). Then bottom/right to a multiple of
+    # MODEL.FPN.SIZE_DIVISIBILITY. The crop modes need an "absolute" INPUT.CROP; a batch with an
+    # image larger than the crop pads to that image instead.
+    cfg.INPUT.TRAIN_PADDING = "batch"
+    # Initialisation of the heads' layers (not the backbone or FPN): "detectron2" (MSRA fill,
+    # point predictor N(0, 0.001)); "mmseg" (mmsegmentation 0.x, which trained the published
+    # models: ConvModule's Kaiming = MSRA fill, coarse predictor N(0, 0.01), point predictor
+    # N(0, 0.001)); "sssegmentation" (PyTorch's default initialisation of every layer).
+    cfg.MODEL.POINTREND_SEM.HEAD_INIT = "detectron2"
+    # Norm after each hidden layer of the point head ("" = none, or a detectron2 norm name such as
+    # "BN", "SyncBN"), applied per channel over all points of the batch; with a norm the layers
+    # have no bias (sssegmentation: Conv1d without bias + SyncBN + ReLU).
+    cfg.MODEL.POINTREND_SEM.FC_NORM = ""
+
     # Iterations between writes of training metrics (console, metrics.json, TensorBoard).
     cfg.LOG_PERIOD = 20
 
-    # Poly learning-rate schedule ("WarmupPolyLR"): after SOLVER.WARMUP_ITERS of linear warm-up
-    # from SOLVER.WARMUP_FACTOR, lr = (BASE_LR - BASE_LR_END) * (1 - t / T) ** POLY_LR_POWER
-    # + BASE_LR_END over the remaining T iterations (mmsegmentation's LinearLR + PolyLR).
-    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
-    cfg.SOLVER.POLY_LR_POWER = 0.9
-    cfg.SOLVER.BASE_LR_END = 1e-4
+    # The schedule is the recipe's (configs/Base-PointRend-Sem.yaml): SOLVER.LR_SCHEDULER_NAME
+    # "WarmupPolyLR" is, after SOLVER.WARMUP_ITERS of linear warm-up from SOLVER.WARMUP_FACTOR,
+    # lr = (BASE_LR - BASE_LR_END) * (1 - t / T) ** POLY_LR_POWER + BASE_LR_END over the remaining
+    # T iterations (mmsegmentation's LinearLR + PolyLR); detectron2's schedulers otherwise. No
+    # detectron2 default (LR_SCHEDULER_NAME, BASE_LR_END) is changed here.

@@ -31,8 +31,10 @@ class SemSegPredictor:
 
     Like detectron2's ``DefaultPredictor`` (BGR input, converted to ``INPUT.FORMAT``), but the
     image is resized with the config's own test augmentation
-    (:func:`pointrend_sem.data.build_test_augmentations`), and the output comes back at the
-    input's size.
+    (:func:`pointrend_sem.data.build_test_augmentations`: ``INPUT.RESIZE_BACKEND`` "opencv"
+    resizes as mmsegmentation's and sssegmentation's test pipelines, "detectron2" as
+    ``DefaultPredictor``), and the output comes back at the input's size
+    (``TEST.OUTPUT_RESIZE``). The resize runs on the uint8 image, as in those pipelines.
     """
 
     def __init__(self, cfg):

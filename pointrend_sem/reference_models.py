@@ -206,3 +206,34 @@ def build_detectron2_pointrend(detectron2_root: str, opts=()) -> torch.nn.Module
     from detectron2.modeling import build_model
 
     return build_model(detectron2_pointrend_config(detectron2_root, opts)).eval()
+
+
+@torch.no_grad()
+def mmseg_predict_files(
+    model: torch.nn.Module, files: List[str], scale: tuple
+) -> List[torch.Tensor]:
+    """mmsegmentation's own test path on image files: its ``LoadImageFromFile`` (OpenCV, BGR)
+    -> ``Resize(scale=scale, keep_ratio=True)`` (``mmcv.imrescale``) -> ``PackSegInputs`` ->
+    the model's ``data_preprocessor`` -> ``predict`` (``model.test_step``), one image per batch.
+
+    Args:
+        model: from :func:`build_mmseg_pointrend`.
+        files: image files.
+        scale: (long, short) test scale, e.g. (2048, 512) for ADE20K.
+
+    Returns:
+        per file, the (H, W) predicted class ids at the file's size.
+    """
+    from mmengine.dataset import Compose, pseudo_collate
+
+    pipeline = Compose(
+        [
+            dict(type="LoadImageFromFile"),
+            dict(type="Resize", scale=tuple(scale), keep_ratio=True),
+            dict(type="PackSegInputs"),
+        ]
+    )
+    return [
+        model.test_step(pseudo_collate([pipeline(dict(img_path=f))]))[0].pred_sem_seg.data[0]
+        for f in files
+    ]

@@ -7,9 +7,12 @@ probabilities at the original resolution, as mmsegmentation's ``SegTTAModel`` do
 
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 from detectron2.data import transforms as T
 from torch import nn
+
+from .data.augmentations import build_test_resize
 
 OUTPUT_KEYS = ("sem_seg", "coarse_sem_seg")
 
@@ -19,7 +22,18 @@ class SemanticSegmentorWithTTA(nn.Module):
 
     Input dicts carry the image at its ORIGINAL size (the TTA test loader does not resize);
     scale r resizes it with the test rule at ``r`` times the base size: short side
-    ``r * MIN_SIZE_TEST``, long side at most ``r * MAX_SIZE_TEST``.
+    ``r * MIN_SIZE_TEST``, long side at most ``r * MAX_SIZE_TEST``, with the recipe's resize
+    (``INPUT.RESIZE_BACKEND``):
+
+    * "opencv": mmsegmentation 0.x's ``MultiScaleFlipAug(img_scale, img_ratios)`` +
+      ``Resize(keep_ratio=True)``, which produced its published ms+flip numbers: the target
+      ``(int(MAX_SIZE_TEST * r), int(MIN_SIZE_TEST * r))``, then ``mmcv.imrescale`` (OpenCV
+      bilinear, mmcv's rounding of the new size);
+    * "detectron2": ``ResizeShortestEdge(int(r * MIN_SIZE_TEST + 0.5),
+      int(r * MAX_SIZE_TEST + 0.5))`` (PIL, detectron2's rounding).
+
+    Each view is run by the wrapped model, which resizes its logits back to the original size
+    (``TEST.OUTPUT_RESIZE``); their softmax probabilities are flipped back and averaged.
 
     Output: one dict per image with "sem_seg" (C, H, W) — the mean class probabilities over all
     augmented views, at the original size — and "coarse_sem_seg" likewise when the wrapped
@@ -33,6 +47,7 @@ class SemanticSegmentorWithTTA(nn.Module):
         flip: bool,
         min_size: int,
         max_size: int,
+        resize_backend: str = "detectron2",
     ):
         """
         Args:
@@ -40,6 +55,7 @@ class SemanticSegmentorWithTTA(nn.Module):
             scale_ratios: e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75).
             flip: also run each scale on the horizontally flipped image.
             min_size, max_size: the base test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
+            resize_backend: "detectron2" or "opencv" (INPUT.RESIZE_BACKEND).
         """
         super().__init__()
         self.model = model
@@ -47,6 +63,8 @@ class SemanticSegmentorWithTTA(nn.Module):
         self.flip = flip
         self.min_size = min_size
         self.max_size = max_size
+        self.resize_backend = resize_backend
+        build_test_resize(min_size, max_size, resize_backend)  # refuses an unknown backend
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module) -> "SemanticSegmentorWithTTA":
@@ -56,7 +74,16 @@ class SemanticSegmentorWithTTA(nn.Module):
             cfg.TEST.AUG.FLIP,
             cfg.INPUT.MIN_SIZE_TEST,
             cfg.INPUT.MAX_SIZE_TEST,
+            cfg.INPUT.RESIZE_BACKEND,
         )
+
+    def resize_of(self, ratio: float) -> T.Augmentation:
+        """The resize of the view at scale ``ratio`` (see the class docstring)."""
+        if self.resize_backend == "opencv":
+            short, long = int(self.min_size * ratio), int(self.max_size * ratio)
+        else:
+            short, long = int(self.min_size * ratio + 0.5), int(self.max_size * ratio + 0.5)
+        return build_test_resize(short, long, self.resize_backend)
 
     def _views(self, inputs: Dict) -> List[List[Tuple[Dict, bool]]]:
         """Augmented inputs of one image with their flip flag, grouped by scale (a group is
@@ -65,12 +92,9 @@ class SemanticSegmentorWithTTA(nn.Module):
         height = inputs.get("height", image.shape[1])
         width = inputs.get("width", image.shape[2])
         groups = []
+        hwc = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
         for ratio in self.scale_ratios:
-            resize = T.ResizeShortestEdge(
-                int(self.min_size * ratio + 0.5), int(self.max_size * ratio + 0.5)
-            )
-            hwc = image.permute(1, 2, 0).numpy()
-            resized = resize.get_transform(hwc).apply_image(hwc)
+            resized = self.resize_of(ratio).get_transform(hwc).apply_image(hwc)
             scaled = torch.as_tensor(resized.transpose(2, 0, 1).copy())
             group = [({"image": scaled, "height": height, "width": width}, False)]
             if self.flip:

@@ -1,6 +1,7 @@
 import glob
 import os
 
+import detectron2
 import pytest
 import torch
 from conftest import CONFIG_DIR, load_config
@@ -109,3 +110,40 @@ def test_coexists_with_detectron2_point_rend():
     assert cfg.MODEL.POINT_HEAD.NUM_CLASSES == 80  # detectron2's keys are untouched
     assert "PointRendSemSegHead" in SEM_SEG_HEADS_REGISTRY
     assert "PointRendSemHead" in SEM_SEG_HEADS_REGISTRY
+
+
+def test_detectron2_pointrend_yaml_keeps_its_own_schedule():
+    """Our config function only adds keys: detectron2's PointRend semantic recipe, loaded after
+    both config functions, trains with its own multi-step schedule."""
+    from detectron2.projects.point_rend import add_pointrend_config
+
+    import pointrend_sem
+
+    plain = get_cfg()
+    add_pointrend_config(plain)
+    both = plain.clone()
+    pointrend_sem.add_pointrend_sem_config(both)
+    flat = dict(flatten(plain))
+    changed = [k for k, v in flatten(both) if k in flat and flat[k] != v]
+    assert changed == []
+
+    yaml_path = os.path.join(
+        os.path.dirname(os.path.dirname(detectron2.__file__)),
+        "projects/PointRend/configs/SemanticSegmentation",
+        "pointrend_semantic_R_101_FPN_1x_cityscapes.yaml",
+    )
+    if not os.path.isfile(yaml_path):
+        pytest.skip("detectron2 is not installed from a source tree with its projects")
+    both.merge_from_file(yaml_path)
+    assert both.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR"
+    assert both.SOLVER.BASE_LR_END == get_cfg().SOLVER.BASE_LR_END
+    assert tuple(both.SOLVER.STEPS) == (40000, 55000)
+
+
+def flatten(node, prefix=""):
+    """(dotted key, value) of every leaf of a CfgNode."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

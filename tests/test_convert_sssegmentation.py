@@ -145,6 +145,9 @@ def test_converted_tensors_load_in_place(voc_r50):
         "sem_seg_head.coarse_sem_seg_head.p5.4.weight": "scale_heads.3.4.0.weight",
         "sem_seg_head.coarse_sem_seg_head.predictor.bias": "auxiliary_decoder.1.bias",
         "sem_seg_head.point_head.predictor.weight": "decoder.1.weight",
+        "sem_seg_head.point_head.fc1.weight": "fcs.0.0.weight",
+        "sem_seg_head.point_head.fc2.norm.running_var": "fcs.1.1.running_var",
+        "sem_seg_head.point_head.fc3.norm.num_batches_tracked": "fcs.2.1.num_batches_tracked",
     }
     for ours, theirs in pairs.items():
         assert torch.equal(loaded[ours], state[theirs]), ours
@@ -161,12 +164,18 @@ def reference_point_head(state, fine: torch.Tensor, coarse: torch.Tensor) -> tor
     return F.conv1d(x, state["decoder.1.weight"], state["decoder.1.bias"])
 
 
-def test_folded_point_head_predicts_like_sssegmentation(voc_r50):
+@pytest.mark.parametrize("fold", [False, True])
+def test_point_head_predicts_like_sssegmentation(voc_r50, fold):
+    """With its BNs as norms of the fc layers (the default) or folded into them (on request)."""
     state, _ = voc_r50
-    converted = convert_sssegmentation_pointrend(state)
+    converted = convert_sssegmentation_pointrend(state, fold_point_head_norms=fold)
     head = MLPPointHead(
-        fine_grained_channels=256, num_classes=21, fc_dims=[256] * 3, coarse_pred_each_layer=True
-    )
+        fine_grained_channels=256,
+        num_classes=21,
+        fc_dims=[256] * 3,
+        coarse_pred_each_layer=True,
+        fc_norm="" if fold else "SyncBN",
+    ).eval()
     head.load_state_dict({k[len(POINT) :]: v for k, v in converted.items() if k.startswith(POINT)})
     fine, coarse = torch.randn(2, 256, 97), torch.randn(2, 21, 97)
     with torch.no_grad():
@@ -238,3 +247,20 @@ def test_cli_converts_into_the_sssegmentation_config(tmp_path):
     assert not incompatible.unexpected_keys
     assert all(k.endswith("num_batches_tracked") for k in incompatible.missing_keys)
     assert all(conv.activation is F.relu for conv in model.backbone.lateral_convs)
+
+
+def test_cli_folds_the_point_head_norms_on_request(tmp_path):
+    source, out = tmp_path / "ssseg.pth", tmp_path / "out.pth"
+    torch.save({"epoch": 60, "model": sssegmentation_state(50, 21)}, source)
+    cmd = [sys.executable, "tools/convert_weights.py", "--from", "sssegmentation"]
+    cmd += ["--fold-point-head-norms", "--config-file", "configs/voc_r50_sssegmentation.yaml"]
+    proc = run_command(cmd + [str(source), str(out)])
+    assert proc.returncode == 0, proc.stderr
+    assert 'MODEL.POINTREND_SEM.FC_NORM ""' in proc.stdout
+    model = build_model(
+        load_config("voc_r50_sssegmentation.yaml", [*OPTS, "MODEL.POINTREND_SEM.FC_NORM", ""])
+    )
+    incompatible = model.load_state_dict(torch.load(out, weights_only=True)["model"], strict=False)
+    assert not incompatible.unexpected_keys
+    assert all(k.endswith("num_batches_tracked") for k in incompatible.missing_keys)
+    assert model.sem_seg_head.point_head.fc1.norm is None

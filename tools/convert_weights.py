@@ -7,6 +7,11 @@
     python tools/convert_weights.py --from sssegmentation \
         --config-file configs/voc_r50_sssegmentation.yaml \
         pointrend_resnet50os8_voc_train.pth out.pth
+    # the same with the point head's BNs folded into its fc layers (a point head without norms:
+    # use the weights with MODEL.POINTREND_SEM.FC_NORM "")
+    python tools/convert_weights.py --from sssegmentation --fold-point-head-norms \
+        --config-file configs/voc_r50_sssegmentation.yaml \
+        pointrend_resnet50os8_voc_train.pth out_folded.pth
     # an ImageNet backbone
     python tools/convert_weights.py --from mmcv resnet50_v1c-2cccc1ad.pth \
         pretrained/resnet50_v1c.pth
@@ -30,8 +35,10 @@ BACKBONE_SOURCES = ("mmcv", "torchvision")
 MODEL_SOURCES = ("mmseg", "sssegmentation")
 
 
-def converter(source: str) -> Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]:
-    """The renaming function of ``source``."""
+def converter(
+    source: str, fold_point_head_norms: bool = False
+) -> Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]:
+    """The renaming function of ``source`` (``fold_point_head_norms``: sssegmentation only)."""
     if source in BACKBONE_SOURCES:
         from pointrend_sem.convert.resnet import convert_resnet_backbone
 
@@ -42,7 +49,7 @@ def converter(source: str) -> Callable[[Dict[str, torch.Tensor]], Dict[str, torc
         return convert_mmseg_pointrend
     from pointrend_sem.convert.sssegmentation import convert_sssegmentation_pointrend
 
-    return convert_sssegmentation_pointrend
+    return lambda state: convert_sssegmentation_pointrend(state, fold_point_head_norms)
 
 
 def load_state_dict(path: str, unsafe: bool = False) -> Dict[str, torch.Tensor]:
@@ -122,6 +129,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--unsafe-load", action="store_true", help="allow pickled code")
     parser.add_argument(
+        "--fold-point-head-norms",
+        action="store_true",
+        help="sssegmentation: fold the point head's BNs into its fc layers (exact in inference) "
+        'for a point head without norms, MODEL.POINTREND_SEM.FC_NORM ""; default: keep them',
+    )
+    parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... (after OUTPUT)"
     )
     return parser.parse_args(argv)
@@ -129,9 +142,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.fold_point_head_norms and args.source != "sssegmentation":
+        print("error: --fold-point-head-norms is for --from sssegmentation.", file=sys.stderr)
+        return 2
     try:
         state = load_state_dict(args.input, args.unsafe_load)
-        converted = converter(args.source)(state)
+        converted = converter(args.source, args.fold_point_head_norms)(state)
     except (KeyError, ValueError) as e:
         print(f"error: {args.input}: {e.args[0]}; nothing written.", file=sys.stderr)
         return 1
@@ -147,6 +163,8 @@ def main(argv=None) -> int:
         opts += ["MODEL.RESNETS.RES2_OUT_CHANNELS", "64" if depth < 50 else "256"]
         if args.source == "torchvision":
             opts += ["MODEL.RESNETS.STEM_TYPE", "basic"]
+    if args.fold_point_head_norms:
+        opts += ["MODEL.POINTREND_SEM.FC_NORM", ""]
     problems = check_against_model(
         converted, target_state(config_file, opts), full=args.source in MODEL_SOURCES
     )
@@ -161,6 +179,8 @@ def main(argv=None) -> int:
         print(f"{key:70s} {tuple(value.shape)}")
     torch.save({"model": converted, "__author__": f"pointrend-sem from {args.source}"}, args.output)
     print(f"wrote {len(converted)} tensors to {args.output}")
+    if args.fold_point_head_norms:
+        print('point head norms folded: use these weights with MODEL.POINTREND_SEM.FC_NORM ""')
     return 0
 
 

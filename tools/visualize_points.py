@@ -170,10 +170,11 @@ def collect_subdivision(model, inputs: Dict) -> Dict:
     refined, coarse = model.sem_seg_head.inference(features, valid_fraction, record_points=records)
     out_size = (inputs["height"], inputs["width"])
 
+    direct = model.output_resize == "direct"
+
     def labels(logits: torch.Tensor) -> np.ndarray:
-        return (
-            postprocess_logits(logits, padded_size, image_size, *out_size).argmax(0).cpu().numpy()
-        )
+        logits = postprocess_logits(logits, padded_size, image_size, *out_size, direct=direct)
+        return logits.argmax(0).cpu().numpy()
 
     steps = [
         _step_in_image(logits, coords[0], padded_size, image_size, out_size)

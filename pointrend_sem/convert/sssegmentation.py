@@ -9,12 +9,15 @@ sssegmentation's ``PointRend`` segmentor (``pointrend_resnet{50,101}os8_{voc,ade
   and a ReLU (no tensors, but the model must apply it to predict as sssegmentation does);
 * ``scale_heads.<i>.<j>.{0,1}.*`` and ``auxiliary_decoder.1.*``: the Semantic-FPN coarse head
   and its 1x1 classifier;
-* ``fcs.<k>.{0,1}.*`` and ``decoder.1.*``: the point head, Conv1d without bias + BN per layer,
-  then a Conv1d classifier.
+* ``fcs.<k>.{0,1}.*`` and ``decoder.1.*``: the point head, Conv1d without bias + SyncBN (applied
+  to the (N, C, P) point features, so per channel over all points) + ReLU per layer, then a
+  Conv1d classifier.
 
-Everything is renamed one tensor to one tensor, except the point head's BNs, which this
-project's ``MLPPointHead`` does not have: each is folded into the Conv1d before it (exact for
-inference; see :func:`fold_batch_norm`).
+Everything is renamed one tensor to one tensor: the point head's BNs become the norms of
+``MLPPointHead``'s fc layers (``MODEL.POINTREND_SEM.FC_NORM "SyncBN"``), so fine-tuning trains
+sssegmentation's model. On request (``fold_point_head_norms``) each BN is folded into the Conv1d
+before it instead, for a point head without norms (``FC_NORM ""``): exact in inference (see
+:func:`fold_batch_norm`), but fine-tuning from those weights trains another model.
 """
 
 import re
@@ -59,8 +62,8 @@ _RULES: Rules = [
 
 
 def rename_sssegmentation_key(key: str) -> Optional[str]:
-    """One sssegmentation PointRend key in this project's naming, or None when it cannot be
-    placed one to one (the point head's ``fcs.*`` are folded, see
+    """One sssegmentation PointRend key in this project's naming, or None when it is not one
+    of the rules' (the point head's ``fcs.*``, converted layer by layer, see
     :func:`convert_sssegmentation_pointrend`)."""
     return rename_with_rules(key, "backbone_net.", _RULES)
 
@@ -88,7 +91,7 @@ def fold_batch_norm(
 
 
 def _point_head_problems(k: int, parts: Mapping[str, torch.Tensor]) -> List[str]:
-    """What keeps point-head layer ``fcs.<k>`` from being folded: missing tensors, and BN
+    """What keeps point-head layer ``fcs.<k>`` from being converted: missing tensors, and BN
     tensors whose shape is not (C_out,) of the conv weight (C_out, C_in, 1)."""
     needed = ["0.weight"] + [f"1.{p}" for p in _BN_PARAMS]
     missing = [f"fcs.{k}.{p} (missing)" for p in needed if p not in parts]
@@ -102,50 +105,61 @@ def _point_head_problems(k: int, parts: Mapping[str, torch.Tensor]) -> List[str]
     ]
 
 
-def _fold_point_head(
-    fcs: Mapping[int, Mapping[str, torch.Tensor]],
+def _convert_point_head(
+    fcs: Mapping[int, Mapping[str, torch.Tensor]], fold_norms: bool
 ) -> "OrderedDict[str, torch.Tensor]":
-    """``fcs.<k>.0.weight`` + ``fcs.<k>.1.*`` -> ``fc<k+1>.weight`` / ``.bias``.
+    """``fcs.<k>.0.weight`` -> ``fc<k+1>.weight`` and ``fcs.<k>.1.*`` -> ``fc<k+1>.norm.*``;
+    or, with ``fold_norms``, both folded into ``fc<k+1>.weight`` / ``.bias``.
 
     Raises:
         KeyError: naming every missing or mis-shaped tensor of any layer.
     """
     problems = [problem for k in sorted(fcs) for problem in _point_head_problems(k, fcs[k])]
     if problems:
-        raise KeyError(f"cannot fold the point head's BNs: {problems}")
+        raise KeyError(f"cannot convert the point head's conv + BN layers: {problems}")
     converted = OrderedDict()
     for k in sorted(fcs):
-        norm = {p: fcs[k][f"1.{p}"] for p in _BN_PARAMS}
-        weight, bias = fold_batch_norm(fcs[k]["0.weight"], norm)
-        converted[f"{POINT}fc{k + 1}.weight"] = weight
-        converted[f"{POINT}fc{k + 1}.bias"] = bias
+        fc = f"{POINT}fc{k + 1}"
+        if fold_norms:
+            norm = {p: fcs[k][f"1.{p}"] for p in _BN_PARAMS}
+            converted[f"{fc}.weight"], converted[f"{fc}.bias"] = fold_batch_norm(
+                fcs[k]["0.weight"], norm
+            )
+            continue
+        converted[f"{fc}.weight"] = fcs[k]["0.weight"]
+        for part, value in fcs[k].items():
+            if part.startswith("1."):
+                converted[f"{fc}.norm.{part[2:]}"] = value
     return converted
 
 
 def convert_sssegmentation_pointrend(
-    state_dict: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor], fold_point_head_norms: bool = False
 ) -> "OrderedDict[str, torch.Tensor]":
     """Convert the model state dict of an sssegmentation PointRend checkpoint.
 
-    Every tensor is renamed (BN counters ``num_batches_tracked`` included), except the point
-    head's ``fcs.<k>.1.*`` BNs, folded into ``fc<k+1>.weight`` / ``.bias``.
+    Every tensor is renamed (BN counters ``num_batches_tracked`` included); the point head's
+    ``fcs.<k>.1.*`` BNs become ``fc<k+1>.norm.*`` (for ``MODEL.POINTREND_SEM.FC_NORM`` "SyncBN").
 
     Args:
         state_dict: ``checkpoint["model"]`` (see :func:`sssegmentation_state_dict`).
+        fold_point_head_norms: fold the point head's BNs into ``fc<k+1>.weight`` / ``.bias``
+            instead (for ``FC_NORM ""``; their counters are dropped).
 
     Returns:
         OrderedDict in this project's keys.
 
     Raises:
         KeyError: naming every key that could not be placed; or every missing or mis-shaped
-            tensor of a point-head layer, which cannot be folded then.
+            tensor of a point-head layer.
     """
     converted, unplaced = OrderedDict(), []
     fcs: Dict[int, Dict[str, torch.Tensor]] = {}
     for key, value in state_dict.items():
         match = _POINT_FC.match(key)
         if match:
-            if match[2] != "1.num_batches_tracked":  # the BN's counter has no place once folded
+            # a folded BN leaves its counter behind
+            if not (fold_point_head_norms and match[2] == "1.num_batches_tracked"):
                 fcs.setdefault(int(match[1]), {})[match[2]] = value
             continue
         new_key = rename_sssegmentation_key(key)
@@ -155,7 +169,7 @@ def convert_sssegmentation_pointrend(
             converted[new_key] = value
     if unplaced:
         raise KeyError(f"cannot place {len(unplaced)} sssegmentation key(s): {unplaced}")
-    converted.update(_fold_point_head(fcs))
+    converted.update(_convert_point_head(fcs, fold_point_head_norms))
     return converted
 
 

@@ -1,4 +1,13 @@
-"""Augmentations of the published recipes that detectron2 lacks, and the train/test lists."""
+"""Augmentations of the published recipes that detectron2 lacks, and the train/test lists.
+
+Two resize backends (``INPUT.RESIZE_BACKEND``):
+
+* "detectron2": detectron2's ``ResizeShortestEdge`` / ``ResizeTransform`` (PIL bilinear, which
+  antialiases when it shrinks; labels PIL nearest);
+* "opencv": :class:`OpenCVResizeTransform`, ``cv2.INTER_LINEAR`` without antialiasing (labels
+  ``cv2.INTER_NEAREST``) and mmcv's rounding of the new size, as mmsegmentation's and
+  sssegmentation's pipelines resize (``mmcv.imrescale`` / ``cv2.resize``).
+"""
 
 from typing import List, Tuple
 
@@ -6,34 +15,147 @@ import cv2
 import numpy as np
 from detectron2.data import transforms as T
 
+RESIZE_BACKENDS = ("detectron2", "opencv")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in RESIZE_BACKENDS:
+        raise ValueError(f"INPUT.RESIZE_BACKEND must be one of {RESIZE_BACKENDS}, got {backend!r}.")
+
+
+class OpenCVResizeTransform(T.Transform):
+    """Resize (h, w) -> (new_h, new_w) as OpenCV does (mmcv's ``imresize``): images bilinear
+    (``cv2.INTER_LINEAR``, half-pixel centres, no antialiasing when shrinking), labels nearest
+    (``cv2.INTER_NEAREST``: target column x takes source column ``floor(x * (1 / (new_w / w)))``,
+    OpenCV's own float arithmetic, which ignores pixel centres).
+    """
+
+    def __init__(self, h: int, w: int, new_h: int, new_w: int):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def _check(self, array: np.ndarray) -> None:
+        if array.shape[:2] != (self.h, self.w):
+            raise ValueError(
+                f"OpenCVResizeTransform expects a {self.h}x{self.w} (HxW) array, got "
+                f"{array.shape[0]}x{array.shape[1]}."
+            )
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        """(h, w) or (h, w, C) array of a dtype OpenCV resizes (uint8, uint16, int16, float32,
+        float64) -> (new_h, new_w[, C]) of the same dtype."""
+        self._check(img)
+        if (self.new_h, self.new_w) == (self.h, self.w):
+            return img
+        out = cv2.resize(img, (self.new_w, self.new_h), interpolation=cv2.INTER_LINEAR)
+        return out[:, :, None] if img.ndim == 3 and out.ndim == 2 else out
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        """(h, w) labels of any dtype -> (new_h, new_w), ``cv2.INTER_NEAREST``'s pixel choice."""
+        self._check(segmentation)
+        rows = _nearest_indices(self.h, self.new_h)
+        cols = _nearest_indices(self.w, self.new_w)
+        return segmentation[rows[:, None], cols[None, :]]
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        """(N, 2) float (x, y) coordinates in pixels, scaled by the size ratio."""
+        coords[:, 0] = coords[:, 0] * (self.new_w * 1.0 / self.w)
+        coords[:, 1] = coords[:, 1] * (self.new_h * 1.0 / self.h)
+        return coords
+
+    def inverse(self) -> T.Transform:
+        return OpenCVResizeTransform(self.new_h, self.new_w, self.h, self.w)
+
+
+def _nearest_indices(size: int, new_size: int) -> np.ndarray:
+    """Source indices (new_size,) of OpenCV's nearest resize from ``size`` to ``new_size``."""
+    step = 1.0 / (new_size / size)  # OpenCV's resizeNN: ifx = 1. / (dsize / ssize)
+    return np.minimum(np.floor(np.arange(new_size) * step).astype(np.int64), size - 1)
+
+
+def resize_transform(h: int, w: int, new_h: int, new_w: int, backend: str) -> T.Transform:
+    """The transform resizing (h, w) to (new_h, new_w) with ``backend`` ("detectron2": PIL,
+    "opencv": OpenCV)."""
+    _check_backend(backend)
+    if backend == "opencv":
+        return OpenCVResizeTransform(h, w, new_h, new_w)
+    return T.ResizeTransform(h, w, new_h, new_w)
+
+
+def keep_ratio_size(h: int, w: int, long_edge: float, short_edge: float) -> Tuple[int, int]:
+    """(new_h, new_w) of mmcv's ``rescale_size`` (mmsegmentation's ``Resize(scale,
+    keep_ratio=True)``, sssegmentation's ``Resize``): the largest size inside
+    long_edge x short_edge, factor ``min(long_edge / max(h, w), short_edge / min(h, w))``, each
+    side ``int(side * factor + 0.5)``."""
+    factor = min(long_edge / max(h, w), short_edge / min(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+class KeepRatioResize(T.Augmentation):
+    """Resize keeping the aspect ratio into ``long_edge`` x ``short_edge`` (either
+    orientation) with mmcv's rounding (:func:`keep_ratio_size`): mmsegmentation's test-time
+    ``Resize(scale=(long_edge, short_edge), keep_ratio=True)``."""
+
+    def __init__(self, long_edge: int, short_edge: int, backend: str = "opencv"):
+        """
+        Args:
+            long_edge, short_edge: e.g. 2048, 512 for ADE20K.
+            backend: "opencv" (as mmsegmentation) or "detectron2" (PIL).
+        """
+        super().__init__()
+        _check_backend(backend)
+        self._init(locals())
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        h, w = image.shape[:2]
+        new_h, new_w = keep_ratio_size(h, w, self.long_edge, self.short_edge)
+        return resize_transform(h, w, new_h, new_w, self.backend)
+
 
 class RandomScaledResize(T.Augmentation):
     """Resize keeping the aspect ratio to a randomly scaled target (mmsegmentation's
-    ``RandomResize(scale, ratio_range, keep_ratio=True)``).
+    ``RandomResize(scale, ratio_range, keep_ratio=True)``, sssegmentation's
+    ``Resize(output_size, keep_ratio=True, scale_range)``).
 
-    A ratio r ~ U(ratio_range) gives the factor
-    ``min(r * max(scale) / long_side, r * min(scale) / short_side)``, independent of the
-    image's orientation.
+    A ratio r ~ U(ratio_range) gives the target ``int(r * max(scale))`` x ``int(r * min(scale))``
+    and the size of :func:`keep_ratio_size` inside it, independent of the image's orientation.
     """
 
-    def __init__(self, scale: Tuple[int, int], ratio_range: Tuple[float, float]):
+    def __init__(
+        self,
+        scale: Tuple[int, int],
+        ratio_range: Tuple[float, float],
+        backend: str = "detectron2",
+    ):
         """
         Args:
             scale: (long, short) target edges at ratio 1, e.g. (2048, 1024) for Cityscapes.
             ratio_range: (low, high) of the uniform ratio, e.g. (0.5, 2.0).
+            backend: "detectron2" (PIL) or "opencv" (as mmsegmentation, sssegmentation).
         """
         super().__init__()
+        _check_backend(backend)
         self.long_edge, self.short_edge = max(scale), min(scale)
         self.ratio_range = ratio_range
+        self.backend = backend
 
     def get_transform(self, image: np.ndarray) -> T.Transform:
         h, w = image.shape[:2]
         ratio = np.random.uniform(*self.ratio_range)
-        factor = min(
-            int(self.long_edge * ratio) / max(h, w), int(self.short_edge * ratio) / min(h, w)
+        new_h, new_w = keep_ratio_size(
+            h, w, int(self.long_edge * ratio), int(self.short_edge * ratio)
         )
-        new_h, new_w = int(h * factor + 0.5), int(w * factor + 0.5)
-        return T.ResizeTransform(h, w, new_h, new_w)
+        return resize_transform(h, w, new_h, new_w, self.backend)
+
+
+def build_test_resize(min_size: int, max_size: int, backend: str) -> T.Augmentation:
+    """The keep-ratio test resize to short side ``min_size``, long side at most ``max_size``:
+    detectron2's ``ResizeShortestEdge`` (its rounding, PIL) for backend "detectron2",
+    :class:`KeepRatioResize` (mmcv's rounding, OpenCV) for "opencv"."""
+    _check_backend(backend)
+    if backend == "opencv":
+        return KeepRatioResize(max_size, min_size, backend)
+    return T.ResizeShortestEdge(min_size, max_size, "choice")
 
 
 class PhotometricDistortion(T.Augmentation):
@@ -99,7 +221,11 @@ def build_train_augmentations(cfg) -> List[T.Augmentation]:
     inp = cfg.INPUT
     augs: List[T.Augmentation] = []
     if inp.RANDOM_RESIZE.ENABLED:
-        augs.append(RandomScaledResize(inp.RANDOM_RESIZE.SCALE, inp.RANDOM_RESIZE.RATIO_RANGE))
+        augs.append(
+            RandomScaledResize(
+                inp.RANDOM_RESIZE.SCALE, inp.RANDOM_RESIZE.RATIO_RANGE, inp.RESIZE_BACKEND
+            )
+        )
     else:
         augs.append(
             T.ResizeShortestEdge(
@@ -138,8 +264,13 @@ def build_train_augmentations(cfg) -> List[T.Augmentation]:
 
 def build_test_augmentations(cfg) -> List[T.Augmentation]:
     """Whole-image test at the dataset's base size: short side MIN_SIZE_TEST, long side at most
-    MAX_SIZE_TEST (the same rule as mmsegmentation's keep-ratio ``Resize``); no resize when
+    MAX_SIZE_TEST (mmsegmentation's keep-ratio ``Resize(scale=(MAX_SIZE_TEST, MIN_SIZE_TEST))``)
+    with the resize of ``INPUT.RESIZE_BACKEND`` (:func:`build_test_resize`); no resize when
     MIN_SIZE_TEST is 0."""
     if cfg.INPUT.MIN_SIZE_TEST == 0:
         return []
-    return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+    return [
+        build_test_resize(
+            cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.RESIZE_BACKEND
+        )
+    ]

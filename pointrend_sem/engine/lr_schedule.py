@@ -12,28 +12,39 @@ from fvcore.common.param_scheduler import (
 
 class PolynomialDecayWithFloorParamScheduler(ParamScheduler):
     """fvcore's polynomial decay lifted onto a floor:
-    ``floor + (base - floor) * (1 - where) ** power`` (mmengine's ``PolyLR`` with ``eta_min``).
+    ``floor + (base - floor) * (1 - where) ** power`` (mmengine's ``PolyLR`` with ``eta_min``),
+    held at ``base * constant_ending`` once ``(1 - where) ** power`` falls below
+    ``constant_ending`` (detectron2 DeepLab's ``POLY_LR_CONSTANT_ENDING``; 0: never).
     """
 
-    def __init__(self, base_value: float, power: float, floor: float):
+    def __init__(self, base_value: float, power: float, floor: float, constant_ending=0.0):
         self._poly = PolynomialDecayParamScheduler(base_value - floor, power)
-        self._floor = floor
+        self._base, self._power = base_value, power
+        self._floor, self._constant_ending = floor, constant_ending
 
     def __call__(self, where: float) -> float:
+        if self._constant_ending > 0 and (1 - where) ** self._power < self._constant_ending:
+            return self._base * self._constant_ending
         return self._floor + self._poly(where)
 
 
 def build_warmup_poly_multiplier(
-    max_iter: int, warmup_iters: int, warmup_factor: float, power: float, end_ratio: float
+    max_iter: int,
+    warmup_iters: int,
+    warmup_factor: float,
+    power: float,
+    end_ratio: float,
+    constant_ending: float = 0.0,
 ) -> ParamScheduler:
     """LR multiplier over training progress in [0, 1).
 
     Linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters``, then poly decay from 1 to
     ``end_ratio`` (= min lr / base lr) over the remaining iterations, as mmsegmentation's
     ``LinearLR(start_factor, end=warmup_iters)`` followed by
-    ``PolyLR(eta_min, begin=warmup_iters)``.
+    ``PolyLR(eta_min, begin=warmup_iters)``; ``constant_ending`` as
+    :class:`PolynomialDecayWithFloorParamScheduler`.
     """
-    poly = PolynomialDecayWithFloorParamScheduler(1.0, power, end_ratio)
+    poly = PolynomialDecayWithFloorParamScheduler(1.0, power, end_ratio, constant_ending)
     warmup_length = min(warmup_iters / max_iter, 1.0)
     if warmup_length == 0:
         return poly
@@ -47,7 +58,8 @@ def build_warmup_poly_multiplier(
 
 
 def build_poly_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRMultiplier:
-    """``SOLVER.LR_SCHEDULER_NAME: "WarmupPolyLR"`` (see ``add_pointrend_sem_config``)."""
+    """``SOLVER.LR_SCHEDULER_NAME: "WarmupPolyLR"``: ``SOLVER.POLY_LR_POWER``,
+    ``BASE_LR_END`` and DeepLab's ``POLY_LR_CONSTANT_ENDING`` (see ``pointrend_sem/config.py``)."""
     solver = cfg.SOLVER
     if solver.WARMUP_METHOD != "linear":
         raise ValueError(
@@ -60,5 +72,6 @@ def build_poly_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRMultipli
         solver.WARMUP_FACTOR,
         solver.POLY_LR_POWER,
         solver.BASE_LR_END / solver.BASE_LR,
+        solver.POLY_LR_CONSTANT_ENDING,
     )
     return LRMultiplier(optimizer, multiplier=multiplier, max_iter=solver.MAX_ITER)

@@ -1,11 +1,39 @@
-"""Coarse heads: predict class logits at a common stride from several feature maps."""
+"""Coarse heads: predict class logits at a common stride from several feature maps.
+
+Shape shorthand in this module: N: images, C: classes, H_0 x W_0: size of the finest map.
+"""
 
 from typing import Dict
 
 import torch
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+from torch import nn
 from torch.nn import functional as F
+
+from .point_head import check_head_init
+
+
+def init_coarse_head_(head: nn.Module, scheme: str) -> None:
+    """(Re-)initialise, in place, the convolutions of a Semantic-FPN coarse head built by
+    detectron2's :class:`SemSegFPNHead` (or a subclass; its classifier is ``predictor``).
+
+    * "detectron2": left as built: every conv, classifier included, MSRA fill (Kaiming normal,
+      fan-out, bias 0).
+    * "mmseg" (0.x ``FPNHead``, which trained the published models): the scale-head convs keep
+      MSRA fill (= mmcv ConvModule's Kaiming init); the classifier ``conv_seg`` N(0, 0.01), bias 0.
+    * "sssegmentation": PyTorch's default of every conv (it initialises nothing itself).
+
+    Norms are left as built (weight 1, bias 0).
+    """
+    check_head_init(scheme)
+    if scheme == "mmseg":
+        nn.init.normal_(head.predictor.weight, std=0.01)
+        nn.init.constant_(head.predictor.bias, 0)
+    elif scheme == "sssegmentation":
+        for module in head.modules():
+            if isinstance(module, nn.Conv2d):
+                module.reset_parameters()
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -21,7 +49,7 @@ class SizeMatchedSemSegFPNHead(SemSegFPNHead):
             features: maps named by ``in_features``, finest first.
 
         Returns:
-            (N, num_classes, H_0, W_0) logits at the finest map's size.
+            (N, C, H_0, W_0) logits at the finest map's size.
         """
         x = self.scale_heads[0](features[self.in_features[0]])
         for name, head in zip(self.in_features[1:], self.scale_heads[1:]):

@@ -1,9 +1,11 @@
 """Inference with batch norms folded into the preceding convolutions.
 
-In inference a frozen or eval-mode batch norm is an affine map per channel, so
-``norm(conv(x))`` equals one convolution with scaled weights and a bias. That saves a full
-pass over every feature map (ResNet has one norm per conv), while parameters, buffers and
-checkpoints stay those of the unfolded model.
+In inference a frozen or eval-mode batch norm (BatchNorm2d, SyncBatchNorm, detectron2's
+NaiveSyncBatchNorm and FrozenBatchNorm2d) is an affine map per channel, so ``norm(conv(x))``
+equals one convolution with scaled weights and a bias. That saves a full pass over every feature
+map (ResNet has one norm per conv), while parameters, buffers and checkpoints stay those of the
+unfolded model. In training (``module.training``) or under autograd the norm runs unfolded, so
+batch statistics are used and updated as usual.
 """
 
 from typing import Optional, Tuple
@@ -13,15 +15,22 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
 from torch.nn import functional as F
 
+from .point_head import PointFC
+
+# Batch norms that are a fixed per-channel affine map in eval mode (detectron2's
+# NaiveSyncBatchNorm is a BatchNorm2d; SyncBatchNorm in eval mode is a plain batch norm).
+_BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+
 
 def _is_foldable(norm: Optional[nn.Module]) -> bool:
     """A norm that is a fixed per-channel affine map in inference."""
     if isinstance(norm, FrozenBatchNorm2d):
         return True
     return (
-        isinstance(norm, nn.BatchNorm2d)
+        isinstance(norm, _BATCH_NORMS)
         and not norm.training
         and norm.running_mean is not None
+        and norm.running_var is not None
         and norm.affine
     )
 
@@ -30,17 +39,13 @@ def _state_key(*tensors: Optional[torch.Tensor]) -> Tuple:
     return tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors)
 
 
-class NormFoldedConv2d(Conv2d):
-    """detectron2's :class:`Conv2d` that, in inference (eval mode, no autograd), runs conv and
-    norm as one convolution with folded weights. Folded weights are cached until a parameter
-    or buffer changes (loading a checkpoint, a training step)."""
+class _FoldedWeights:
+    """Folded weight and bias of a convolution (``weight`` (C_out, C_in, *kernel), optional
+    ``bias``) followed by a foldable ``norm``, cached until a parameter or buffer changes
+    (loading a checkpoint, a training step)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled() or not _is_foldable(self.norm):
-            return super().forward(x)
-        weight, bias = self._folded_weight_and_bias()
-        x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-        return self.activation(x) if self.activation is not None else x
+    def _runs_folded(self) -> bool:
+        return not (self.training or torch.is_grad_enabled() or not _is_foldable(self.norm))
 
     def _folded_weight_and_bias(self) -> Tuple[torch.Tensor, torch.Tensor]:
         norm = self.norm
@@ -56,20 +61,57 @@ class NormFoldedConv2d(Conv2d):
             bias = bias + self.bias * scale
         layout = (
             torch.channels_last
-            if self.weight.is_contiguous(memory_format=torch.channels_last)
+            if self.weight.dim() == 4
+            and self.weight.is_contiguous(memory_format=torch.channels_last)
             else torch.contiguous_format
         )
-        weight = (self.weight * scale.reshape(-1, 1, 1, 1)).contiguous(memory_format=layout)
+        shape = (-1,) + (1,) * (self.weight.dim() - 1)
+        weight = (self.weight * scale.reshape(shape)).contiguous(memory_format=layout)
         self._folded_cache = (key, (weight, bias))
         return weight, bias
 
 
+class NormFoldedConv2d(_FoldedWeights, Conv2d):
+    """detectron2's :class:`Conv2d` that, in inference (eval mode, no autograd), runs conv and
+    norm as one convolution with folded weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C_in, H, W) -> (N, C_out, H', W')."""
+        if not self._runs_folded():
+            return super().forward(x)
+        weight, bias = self._folded_weight_and_bias()
+        x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return self.activation(x) if self.activation is not None else x
+
+
+class NormFoldedPointFC(_FoldedWeights, PointFC):
+    """The point head's :class:`PointFC` that, in inference, runs fc and norm as one layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C_in, P) -> (N, C_out, P)."""
+        if not self._runs_folded():
+            return super().forward(x)
+        weight, bias = self._folded_weight_and_bias()
+        return F.conv1d(x, weight, bias)
+
+
+_FOLDED_CLASSES = {Conv2d: NormFoldedConv2d, PointFC: NormFoldedPointFC}
+
+
 def fold_norms_in_inference(model: nn.Module) -> int:
-    """Make every detectron2 ``Conv2d`` of ``model`` that has a batch norm a
-    :class:`NormFoldedConv2d` (same parameters, buffers and state-dict keys); return how many."""
+    """Make every detectron2 ``Conv2d`` and point-head :class:`PointFC` of ``model`` that has a
+    batch norm fold it in inference (same parameters, buffers and state-dict keys; the class
+    becomes :class:`NormFoldedConv2d` / :class:`NormFoldedPointFC`); return how many.
+
+    Whether a norm is folded is decided at each call: only in eval mode without autograd, and
+    only for a norm with running statistics; otherwise the layer runs as before.
+    """
     count = 0
     for module in model.modules():
-        if type(module) is Conv2d and isinstance(module.norm, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-            module.__class__ = NormFoldedConv2d
+        folded_class = _FOLDED_CLASSES.get(type(module))
+        if folded_class is not None and isinstance(
+            module.norm, (FrozenBatchNorm2d,) + _BATCH_NORMS
+        ):
+            module.__class__ = folded_class
             count += 1
     return count

@@ -10,9 +10,17 @@ from torch.nn import functional as F
 
 from .conv_norm_folding import fold_norms_in_inference
 
+# TEST.OUTPUT_RESIZE values, see postprocess_logits
+OUTPUT_RESIZES = ("via_input", "direct")
+
 
 def postprocess_logits(
-    logits: torch.Tensor, padded_size, image_size, output_height: int, output_width: int
+    logits: torch.Tensor,
+    padded_size,
+    image_size,
+    output_height: int,
+    output_width: int,
+    direct: bool = False,
 ) -> torch.Tensor:
     """Bring logits predicted over a padded batch back to one image's original size.
 
@@ -21,15 +29,25 @@ def postprocess_logits(
         padded_size: (H_pad, W_pad) of the padded batch tensor.
         image_size: (H_img, W_img) of this image inside the padded tensor.
         output_height, output_width: the size to return (the image's original size).
+        direct: False ("via_input", detectron2 and mmsegmentation): resize the logits to the
+            padded input, crop the image, resize that to the output size (skipping resizes to
+            the size a tensor already has). True ("direct", sssegmentation): crop the cells
+            covering the image (all of them when the image is not padded; rounded up
+            otherwise) and resize them to the output size in one bilinear step.
 
     Returns:
         (C, output_height, output_width) logits.
     """
     logits = logits.unsqueeze(0)
-    if tuple(logits.shape[-2:]) != tuple(padded_size):
-        logits = F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
-    logits = logits[:, :, : image_size[0], : image_size[1]]
-    if (output_height, output_width) != tuple(image_size):
+    if direct:
+        rows = -(-image_size[0] * logits.shape[-2] // padded_size[0])
+        cols = -(-image_size[1] * logits.shape[-1] // padded_size[1])
+        logits = logits[:, :, :rows, :cols]
+    else:
+        if tuple(logits.shape[-2:]) != tuple(padded_size):
+            logits = F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
+        logits = logits[:, :, : image_size[0], : image_size[1]]
+    if tuple(logits.shape[-2:]) != (output_height, output_width):
         logits = F.interpolate(
             logits, size=(output_height, output_width), mode="bilinear", align_corners=False
         )
@@ -52,6 +70,46 @@ def sliding_windows(height: int, width: int, crop_size, stride) -> List[Tuple[in
     return windows
 
 
+# INPUT.TRAIN_PADDING values: to the batch's largest image, or to the crop size (image at the
+# top left, or centred)
+TRAIN_PADDINGS = ("batch", "crop_size", "crop_size_centered")
+
+
+def train_crop_padding_from_config(cfg) -> Optional[Tuple[Tuple[int, int], bool]]:
+    """``((crop_h, crop_w), centered)`` of ``INPUT.TRAIN_PADDING``'s crop modes; None for
+    "batch" (detectron2's padding to the largest image of the batch).
+
+    Raises:
+        ValueError: for an unknown mode, or a crop mode without an "absolute" INPUT.CROP.
+    """
+    mode, crop = cfg.INPUT.TRAIN_PADDING, cfg.INPUT.CROP
+    if mode not in TRAIN_PADDINGS:
+        raise ValueError(f"INPUT.TRAIN_PADDING is {mode!r}; choose one of {list(TRAIN_PADDINGS)}.")
+    if mode == "batch":
+        return None
+    if not (crop.ENABLED and crop.TYPE == "absolute"):
+        raise ValueError(
+            f"INPUT.TRAIN_PADDING {mode!r} pads to INPUT.CROP.SIZE, which needs INPUT.CROP.ENABLED "
+            f"True and INPUT.CROP.TYPE 'absolute' (got {crop.ENABLED}, {crop.TYPE!r}); set "
+            "INPUT.TRAIN_PADDING 'batch' to pad to the largest image of each batch instead."
+        )
+    return (int(crop.SIZE[0]), int(crop.SIZE[1])), mode == "crop_size_centered"
+
+
+def pad_to_size(tensor: torch.Tensor, size, value: float, centered: bool) -> torch.Tensor:
+    """Pad a (..., h, w) tensor with ``value`` to (..., H, W), ``size`` = (H, W) >= (h, w).
+
+    The image stays at the top left (mmsegmentation's ``stack_batch``), or is centred with
+    ``(H - h) // 2`` rows above and ``(W - w) // 2`` columns left of it (sssegmentation's
+    ``Padding``).
+    """
+    extra_h, extra_w = size[0] - tensor.shape[-2], size[1] - tensor.shape[-1]
+    top, left = (extra_h // 2, extra_w // 2) if centered else (0, 0)
+    if extra_h == 0 and extra_w == 0:
+        return tensor
+    return F.pad(tensor, (left, extra_w - left, top, extra_h - top), value=value)
+
+
 @META_ARCH_REGISTRY.register()
 class PointRendSemanticSegmentor(SemanticSegmentor):
     """detectron2's :class:`SemanticSegmentor` with additions for PointRend heads:
@@ -60,9 +118,13 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
       subdivision points are not wasted on padding (a batch of differently sized images gives
       each image its full point budget);
     * predictions at any output stride are resized to the padded input before cropping, so a
-      SUBDIVISION_STEPS that does not reach stride 1 still yields the input's size;
+      SUBDIVISION_STEPS that does not reach stride 1 still yields the input's size (or, with
+      ``TEST.OUTPUT_RESIZE`` "direct", resized to the original size in one step, as
+      sssegmentation does);
     * optional sliding-window inference (``TEST.SLIDING_WINDOW``);
-    * with ``MODEL.POINTREND_SEM.OUTPUT_COARSE`` it also returns the coarse prediction.
+    * with ``MODEL.POINTREND_SEM.OUTPUT_COARSE`` it also returns the coarse prediction;
+    * training batches can be padded to the crop size as mmsegmentation and sssegmentation
+      pad them (``INPUT.TRAIN_PADDING``).
     """
 
     @configurable
@@ -73,6 +135,8 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         sliding_window: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None,
         channels_last: bool = False,
         fold_norms: bool = False,
+        output_resize: str = "via_input",
+        train_crop_padding: Optional[Tuple[Tuple[int, int], bool]] = None,
         **kwargs,
     ):
         """
@@ -85,11 +149,22 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
                 float rounding.
             fold_norms: in inference, fold batch norms into the preceding convolutions
                 (:mod:`.conv_norm_folding`); values are unchanged up to float rounding.
+            output_resize: how logits come back to the original size, "via_input" or
+                "direct" (``TEST.OUTPUT_RESIZE``, see :func:`postprocess_logits`).
+            train_crop_padding: ((crop_h, crop_w), centered) to pad training images (with 0
+                after normalization) and labels (with the ignore value) to the crop size, or
+                None to pad to the largest image of the batch (``INPUT.TRAIN_PADDING``).
             kwargs: see :class:`SemanticSegmentor`.
         """
         super().__init__(**kwargs)
         self.output_coarse = output_coarse
         self.sliding_window = sliding_window
+        self.train_crop_padding = train_crop_padding
+        if output_resize not in OUTPUT_RESIZES:
+            raise ValueError(
+                f"TEST.OUTPUT_RESIZE must be one of {OUTPUT_RESIZES}, got {output_resize!r}."
+            )
+        self.output_resize = output_resize
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -102,6 +177,8 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         ret["output_coarse"] = cfg.MODEL.POINTREND_SEM.OUTPUT_COARSE
         ret["channels_last"] = cfg.MODEL.CHANNELS_LAST
         ret["fold_norms"] = cfg.MODEL.FOLD_NORMS
+        ret["train_crop_padding"] = train_crop_padding_from_config(cfg)
+        ret["output_resize"] = cfg.TEST.OUTPUT_RESIZE
         window = cfg.TEST.SLIDING_WINDOW
         if window.ENABLED:
             ret["sliding_window"] = (tuple(window.CROP_SIZE), tuple(window.STRIDE))
@@ -125,6 +202,38 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         """Normalize and pad the images of a batch into one (N, 3, H_pad, W_pad) ImageList."""
         return self.pad_images(self.normalize_images(batched_inputs))
 
+    def training_losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
+        """Losses of a training batch. Normalized images and labels are padded bottom/right to
+        the largest of the batch (detectron2), or to the crop size (``train_crop_padding``),
+        then to the backbone's size divisibility.
+
+        Args:
+            batched_inputs: dicts with "image" (3, H_i, W_i) and "sem_seg" (H_i, W_i) labels.
+
+        Returns:
+            dict of scalar losses.
+        """
+        images = self.normalize_images(batched_inputs)
+        targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
+        ignore_value = self.sem_seg_head.ignore_value
+        if self.train_crop_padding is not None:
+            (crop_h, crop_w), centered = self.train_crop_padding
+            size = (
+                max([crop_h] + [image.shape[-2] for image in images]),
+                max([crop_w] + [image.shape[-1] for image in images]),
+            )
+            images = [pad_to_size(image, size, 0.0, centered) for image in images]
+            targets = [pad_to_size(target, size, ignore_value, centered) for target in targets]
+        tensor = self.pad_images(images).tensor
+        targets = ImageList.from_tensors(
+            targets,
+            self.backbone.size_divisibility,
+            ignore_value,
+            self.backbone.padding_constraints,
+        ).tensor
+        _, losses = self.sem_seg_head(self.backbone(tensor), targets)
+        return losses
+
     def forward(self, batched_inputs: List[Dict]):
         """
         Args:
@@ -138,17 +247,19 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             returns two channels, (0, foreground logit), so that argmax gives 1 = foreground.
         """
         if self.training:
-            return super().forward(batched_inputs)
+            return self.training_losses(batched_inputs)
         images = self.normalize_images(batched_inputs)
+        output_sizes = [
+            (x.get("height", image.shape[-2]), x.get("width", image.shape[-1]))
+            for x, image in zip(batched_inputs, images)
+        ]
         if self.sliding_window is None:
-            predictions = self.predict_images(images)
+            predictions = self.predict_images(images, output_sizes)
         else:
             predictions = [self.predict_sliding(image) for image in images]
 
         results = []
-        for inputs, image, logits in zip(batched_inputs, images, predictions):
-            height = inputs.get("height", image.shape[-2])
-            width = inputs.get("width", image.shape[-1])
+        for (height, width), logits in zip(output_sizes, predictions):
             result = {}
             for key, value in logits.items():
                 if value.shape[0] == 1:  # binary model: (background 0, foreground logit)
@@ -161,11 +272,19 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             results.append(result)
         return results
 
-    def predict_images(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+    def predict_images(
+        self, images: List[torch.Tensor], output_sizes: Optional[List[Tuple[int, int]]] = None
+    ) -> List[Dict[str, torch.Tensor]]:
         """Logits of normalized images, each (3, H_i, W_i), batched with padding.
 
+        Args:
+            images: normalized (3, H_i, W_i) images.
+            output_sizes: (height_i, width_i) to return each image's logits at (by
+                :func:`postprocess_logits` with ``output_resize``); default (H_i, W_i).
+
         Returns:
-            per image, "sem_seg" (and "coarse_sem_seg" when ``output_coarse``): (C, H_i, W_i).
+            per image, "sem_seg" (and "coarse_sem_seg" when ``output_coarse``):
+            (C, height_i, width_i).
         """
         batch = self.pad_images(images)
         tensor = batch.tensor
@@ -176,12 +295,19 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         sizes = torch.tensor(batch.image_sizes, dtype=torch.float32, device=self.device)
         valid_fraction = sizes / torch.tensor(padded_size, dtype=torch.float32, device=self.device)
         refined, coarse = self.sem_seg_head.inference(features, valid_fraction)
+        direct = self.output_resize == "direct"
         outputs = []
         for i, size in enumerate(batch.image_sizes):
-            out = {"sem_seg": postprocess_logits(refined[i], padded_size, size, *size)}
+            out_size = size if output_sizes is None else output_sizes[i]
+            heads = {"sem_seg": refined[i]}
             if self.output_coarse:
-                out["coarse_sem_seg"] = postprocess_logits(coarse[i], padded_size, size, *size)
-            outputs.append(out)
+                heads["coarse_sem_seg"] = coarse[i]
+            outputs.append(
+                {
+                    key: postprocess_logits(logits, padded_size, size, *out_size, direct=direct)
+                    for key, logits in heads.items()
+                }
+            )
         return outputs
 
     def predict_sliding(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:

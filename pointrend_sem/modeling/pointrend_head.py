@@ -10,6 +10,7 @@ from detectron2.projects.point_rend.point_features import point_sample
 from torch import nn
 from torch.nn import functional as F
 
+from .coarse_head import init_coarse_head_
 from .point_head import build_point_head
 from .point_sampling import sample_training_points, select_uncertain_grid_points
 
@@ -130,6 +131,7 @@ class PointRendSemHead(nn.Module):
                 f"produce; choose from {sorted(input_shape)}."
             )
         coarse_head = SEM_SEG_HEADS_REGISTRY.get(head_cfg.COARSE_HEAD_NAME)(cfg, input_shape)
+        init_coarse_head_(coarse_head, head_cfg.HEAD_INIT)
         fine_channels = sum(input_shape[f].channels for f in head_cfg.IN_FEATURES)
         return {
             "coarse_sem_seg_head": coarse_head,
