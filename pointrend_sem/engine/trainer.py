@@ -8,6 +8,7 @@ from collections import OrderedDict
 from typing import Callable, Dict, List
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
@@ -38,7 +39,7 @@ from ..evaluation import (
     is_cityscapes_test_split,
 )
 from ..test_time_augmentation import SemanticSegmentorWithTTA
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import make_writes_atomic
 from .lr_schedule import build_poly_lr_scheduler
 
 # evaluator_type -> builder of the evaluators that score a dataset's (refined) prediction
@@ -58,9 +59,24 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        """As :class:`DefaultTrainer`, with two changes: on CPU, DistributedDataParallel is
-        created without device ids (gloo, CPU-only multi-process training), and checkpoints
-        are written atomically (:class:`AtomicDetectionCheckpointer`)."""
+        """As :class:`DefaultTrainer`, with checkpoints written atomically
+        (:func:`make_writes_atomic`: a run killed mid-save resumes from the last complete one).
+
+        Several processes on CPU (gloo) take :meth:`_init_for_cpu_processes`: detectron2's
+        ``create_ddp_model``, called inside ``DefaultTrainer.__init__`` with no way to pass it
+        arguments, gives DistributedDataParallel ``device_ids=[local rank]``, which torch
+        refuses for a CPU model.
+        """
+        if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
+            self._init_for_cpu_processes(cfg)
+        else:
+            super().__init__(cfg)
+        make_writes_atomic(self.checkpointer)
+
+    def _init_for_cpu_processes(self, cfg) -> None:
+        """``DefaultTrainer.__init__`` (detectron2 v0.6, engine/defaults.py) step for step, but for
+        ``device_ids=None`` given to DistributedDataParallel. No public hook replaces this: keep
+        it in step with the installed detectron2 (tests/test_distributed.py runs it)."""
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -68,13 +84,12 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        ddp_kwargs = {"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}
-        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicDetectionCheckpointer(
+        self.checkpointer = DetectionCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         self.start_iter = 0
@@ -82,14 +97,25 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def build_writers(self):
+        """detectron2's metric writers (console, metrics.json, TensorBoard), remembered for
+        :meth:`build_hooks`."""
+        self._metric_writers = super().build_writers()
+        return self._metric_writers
+
     def build_hooks(self):
-        """detectron2's hooks, the metric writers writing every ``cfg.LOG_PERIOD`` iterations
-        (detectron2 fixes 20; PeriodicWriter has no public setter)."""
-        hook_list = super().build_hooks()
-        for hook in hook_list:
-            if isinstance(hook, hooks.PeriodicWriter):
-                hook._period = self.cfg.LOG_PERIOD
-        return hook_list
+        """detectron2's hooks, its PeriodicWriter (every 20 iterations) replaced by one that
+        writes every ``cfg.LOG_PERIOD`` iterations. The new hook takes the writers that
+        ``DefaultTrainer.build_hooks`` built through :meth:`build_writers`, so each writer
+        (metrics.json opened for appending, TensorBoard's event file) exists once."""
+        return [
+            (
+                hooks.PeriodicWriter(self._metric_writers, period=self.cfg.LOG_PERIOD)
+                if isinstance(hook, hooks.PeriodicWriter)
+                else hook
+            )
+            for hook in super().build_hooks()
+        ]
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str = None):

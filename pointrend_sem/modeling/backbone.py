@@ -43,16 +43,26 @@ class SizeMatchedFPN(FPN):
     need no padding (``size_divisibility`` sets how much the batch is padded).
     """
 
-    def __init__(self, *args, size_divisibility: int = 0, **kwargs):
+    def __init__(self, *args, fuse_type: str = "sum", size_divisibility: int = 0, **kwargs):
         """
         Args:
+            fuse_type: "sum" or "avg" of the lateral and the top-down features, as
+                :class:`FPN`'s.
             size_divisibility: pad batches to a multiple of this (0: the largest stride, as
                 detectron2's FPN; 1: no padding beyond the largest image of a batch).
             args, kwargs: see :class:`FPN`.
         """
-        super().__init__(*args, **kwargs)
-        if size_divisibility > 0:
-            self._size_divisibility = size_divisibility
+        super().__init__(*args, fuse_type=fuse_type, **kwargs)
+        self.fuse_type = fuse_type
+        # FPN's own size_divisibility is its largest stride
+        self.pad_multiple = (
+            size_divisibility if size_divisibility > 0 else super().size_divisibility
+        )
+        self.out_feature_names = list(self.output_shape())  # "p2", ..., high to low resolution
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.pad_multiple
 
     def forward(self, x):
         """
@@ -69,10 +79,10 @@ class SizeMatchedFPN(FPN):
         for feature_name, lateral_conv, output_conv in levels:
             lateral = lateral_conv(bottom_up[feature_name])
             prev = lateral + F.interpolate(prev, size=lateral.shape[-2:], mode="nearest")
-            if self._fuse_type == "avg":
+            if self.fuse_type == "avg":
                 prev = prev / 2
             results.insert(0, output_conv(prev))
-        return dict(zip(self._out_features, results))
+        return dict(zip(self.out_feature_names, results))
 
 
 @BACKBONE_REGISTRY.register()

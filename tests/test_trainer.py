@@ -1,0 +1,38 @@
+"""The Trainer's seams with detectron2: metric writers built once and writing every LOG_PERIOD
+iterations, checkpoints written atomically."""
+
+import json
+
+from conftest import TINY_MODEL, load_config
+
+from pointrend_sem.engine import Trainer
+from pointrend_sem.engine.checkpoint import AtomicWritesPathManager
+
+
+class WriterCountingTrainer(Trainer):
+    """Trainer that records each list of metric writers it builds."""
+
+    def build_writers(self):
+        writers = super().build_writers()
+        self.built_writers = getattr(self, "built_writers", []) + [writers]
+        return writers
+
+
+def test_writers_built_once_write_every_log_period_and_checkpoints_are_atomic(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
+    output_dir = tmp_path / "output"
+    opts = [*TINY_MODEL, "SOLVER.MAX_ITER", "5", "LOG_PERIOD", "2", "DATASETS.TEST", "()"]
+    cfg = load_config("demo_synthetic.yaml", [*opts, "OUTPUT_DIR", str(output_dir)])
+    trainer = WriterCountingTrainer(cfg)
+    assert len(trainer.built_writers) == 1
+    assert isinstance(trainer.checkpointer.path_manager, AtomicWritesPathManager)
+    trainer.train()
+
+    with open(output_dir / "metrics.json") as f:
+        iterations = [json.loads(line)["iteration"] for line in f]
+    assert iterations == [1, 3, 4]  # every 2nd iteration, and the last one
+    assert len(list(output_dir.glob("events.out.tfevents.*"))) == 1
+    assert (output_dir / "last_checkpoint").read_text() == "model_final.pth"
+    assert sorted(p.name for p in output_dir.glob("*.pth*")) == ["model_final.pth"]

@@ -1,0 +1,9 @@
+"""The measurements behind ``tools/benchmark.py``, one module per kind:
+
+* :mod:`.measure`: wall-clock time and peak memory of a call, alternating timing of contenders;
+* :mod:`.inputs`: the benchmark image and detectron2-style inputs and outputs;
+* :mod:`.point_share`: time spent in the point head and the point selection;
+* :mod:`.training`: training iteration time and the train loader's throughput;
+* :mod:`.references`: the reference implementations (detectron2, mmsegmentation) to compare with;
+* :mod:`.report`: the results' first fields, the inference fields and the printed table.
+"""

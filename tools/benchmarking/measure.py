@@ -1,0 +1,133 @@
+"""Wall-clock time and peak memory of a call, and timing of several models in turn."""
+
+import ctypes
+import os
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Tuple
+
+import torch
+from tqdm import tqdm
+
+CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued CUDA work, so that wall-clock times cover it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def release_free_heap() -> None:
+    """Hand memory that glibc's allocator keeps after ``free`` back to the system
+    (``malloc_trim``), so that a pass's allocations show up as resident set growth; a no-op
+    without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident set size high-water mark (``ru_maxrss``) to the current size;
+    False where ``/proc/self/clear_refs`` cannot be written."""
+    try:
+        with open(CLEAR_REFS, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss_mib() -> float:
+    """This process's resident set size now, in MiB (``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_method(device: str) -> str:
+    """How :func:`measure_call` measures memory on ``device`` in this process."""
+    if device.startswith("cuda"):
+        return "torch.cuda.max_memory_allocated"
+    if os.access(CLEAR_REFS, os.W_OK):
+        return "peak RSS increase (ru_maxrss reset through /proc/self/clear_refs)"
+    return "peak RSS increase (ru_maxrss, not resettable here: lower bound)"
+
+
+def start_memory(device: str) -> float:
+    """Reset the memory peak before a pass; returns the baseline to subtract, in MiB."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+        return 0.0
+    release_free_heap()
+    reset_peak_rss()
+    return current_rss_mib()
+
+
+def peak_memory(device: str, baseline: float) -> float:
+    """Peak memory (MiB) since :func:`start_memory` returned ``baseline``."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline, 0.0)
+
+
+def measure_call(fn: Callable[[], Any], device: str) -> Tuple[float, float, Any]:
+    """Call ``fn`` once.
+
+    Returns:
+        (seconds, peak memory in MiB as :func:`memory_method` describes, fn's result).
+    """
+    baseline = start_memory(device)
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return seconds, peak_memory(device, baseline), result
+
+
+@dataclass
+class Contender:
+    """A model under test: ``forward()`` runs one pass on the benchmark batch; ``labels(output)``
+    turns its result into per-image (H, W) class ids."""
+
+    name: str
+    forward: Callable[[], Any]
+    labels: Callable[[Any], List[torch.Tensor]]
+
+
+def time_alternating(
+    contenders: List[Contender], runs: int, warmup: int, device: str
+) -> Dict[str, Dict[str, Any]]:
+    """Run the contenders in turn, ``warmup + runs`` rounds, under no_grad.
+
+    Returns:
+        per contender name: "seconds" and "peak_mib" of the timed rounds (lists), and "labels"
+        of the last round.
+    """
+    records = {c.name: {"seconds": [], "peak_mib": [], "labels": None} for c in contenders}
+    with torch.no_grad():
+        for round_index in tqdm(range(warmup + runs), desc="inference", file=sys.stderr):
+            for contender in contenders:
+                seconds, peak, output = measure_call(contender.forward, device)
+                record = records[contender.name]
+                record["labels"] = contender.labels(output)
+                if round_index >= warmup:
+                    record["seconds"].append(seconds)
+                    record["peak_mib"].append(peak)
+    return records
+
+
+def latency_fields(prefix: str, seconds: List[float]) -> Dict[str, Any]:
+    """Median, min, max (ms) and the individual runs of a list of timings."""
+    ms = [1000.0 * s for s in seconds]
+    return {
+        f"{prefix}latency_median_ms": statistics.median(ms),
+        f"{prefix}latency_min_ms": min(ms),
+        f"{prefix}latency_max_ms": max(ms),
+        f"{prefix}latency_runs_ms": ms,
+    }

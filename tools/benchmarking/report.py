@@ -1,0 +1,91 @@
+"""The results' description of the run, the inference fields and the printed table."""
+
+import time
+from typing import Any, Callable, Dict, List, Tuple, Union
+
+import torch
+from tabulate import tabulate
+
+from .measure import latency_fields, memory_method
+from .references import agreement
+
+# (key, label, format) of the table's rows, in order; rows whose key is missing from the results
+# are left out. A format is a str.format pattern for results[key] or a function of all results.
+ROWS: List[Tuple[str, str, Union[str, Callable[[Dict[str, Any]], str]]]] = [
+    ("config", "config", "{}"),
+    ("opts", "config overrides", "{}"),
+    ("weights", "weights", "{}"),
+    ("device", "device", "{}"),
+    ("height", "resolution (H x W)", lambda r: f"{r['height']}x{r['width']}"),
+    ("batch_size", "batch size", "{}"),
+    ("threads", "torch threads", "{}"),
+    ("runs", "timed runs (+ warm-up)", lambda r: f"{r['runs']} (+ {r['warmup']})"),
+    ("latency_median_ms", "inference latency, median (ms)", "{:.1f}"),
+    ("latency_min_ms", "inference latency, min (ms)", "{:.1f}"),
+    ("latency_max_ms", "inference latency, max (ms)", "{:.1f}"),
+    ("images_per_s", "inference throughput (images/s)", "{:.3f}"),
+    ("peak_memory_mib", "peak memory (MiB)", "{:.0f}"),
+    ("memory_method", "memory measured as", "{}"),
+    ("point_head_ms", "point head, point_logits (ms)", "{:.1f}"),
+    ("point_selection_ms", "point selection (ms)", "{:.1f}"),
+    ("point_share", "point head + selection share of inference", "{:.1%}"),
+    ("reference", "reference", "{}"),
+    ("reference_latency_median_ms", "reference latency, median (ms)", "{:.1f}"),
+    ("reference_latency_min_ms", "reference latency, min (ms)", "{:.1f}"),
+    ("reference_latency_max_ms", "reference latency, max (ms)", "{:.1f}"),
+    ("reference_peak_memory_mib", "reference peak memory (MiB)", "{:.0f}"),
+    ("time_ratio", "time ratio ours / reference (medians)", "{:.3f}"),
+    ("agreement", "pixels with the same class as the reference", "{:.6f}"),
+    ("train_crop", "training crop (H x W)", "{}"),
+    ("train_iter_median_ms", "training iteration, median (ms)", "{:.1f}"),
+    ("train_iter_min_ms", "training iteration, min (ms)", "{:.1f}"),
+    ("train_iter_max_ms", "training iteration, max (ms)", "{:.1f}"),
+    ("loader_status", "train data loader", "{}"),
+    ("loader_workers", "data loader workers", "{}"),
+    ("loader_images_per_s", "data loader throughput (images/s)", "{:.1f}"),
+]
+
+
+def format_table(results: Dict[str, Any]) -> str:
+    """The results as a two-column (quantity, value) table."""
+    rows = [
+        (label, fmt(results) if callable(fmt) else fmt.format(results[key]))
+        for key, label, fmt in ROWS
+        if key in results
+    ]
+    return tabulate(rows, headers=["quantity", "value"], tablefmt="pipe")
+
+
+def describe_run(args, cfg) -> Dict[str, Any]:
+    """What is measured, where: the first fields of the results."""
+    return {
+        "config": args.config_file,
+        "opts": " ".join(args.opts),
+        "weights": args.weights or "random",
+        "device": cfg.MODEL.DEVICE,
+        "height": args.height,
+        "width": args.width,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "torch_version": torch.__version__,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "memory_method": memory_method(cfg.MODEL.DEVICE),
+    }
+
+
+def inference_fields(records: Dict[str, Dict[str, Any]], batch_size: int) -> Dict[str, Any]:
+    """Latency, throughput and memory of ours, and with a reference its latency, memory, the
+    time ratio and the agreement, from :func:`.measure.time_alternating`'s records."""
+    ours = records["ours"]
+    fields = latency_fields("", ours["seconds"])
+    fields["images_per_s"] = batch_size * 1000.0 / fields["latency_median_ms"]
+    fields["peak_memory_mib"] = max(ours["peak_mib"])
+    if "reference" in records:
+        theirs = records["reference"]
+        fields.update(latency_fields("reference_", theirs["seconds"]))
+        fields["reference_peak_memory_mib"] = max(theirs["peak_mib"])
+        fields["time_ratio"] = fields["latency_median_ms"] / fields["reference_latency_median_ms"]
+        fields["agreement"] = agreement(ours["labels"], theirs["labels"])
+    return fields
