@@ -12,8 +12,8 @@ import detectron2
 import pytest
 from conftest import REPO_ROOT, run_command
 
-from pointrend_sem.reference_models import DETECTRON2_POINTREND_CONFIG
 from tools import benchmark
+from tools.benchmarking.reference_models import DETECTRON2_POINTREND_CONFIG
 
 
 def run_benchmark(tmp_path, config: str, height: int, width: int, *flags: str):

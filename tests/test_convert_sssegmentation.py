@@ -14,12 +14,8 @@ from conftest import load_config, run_command
 from detectron2.modeling import build_model
 from torch.nn import functional as F
 
-from pointrend_sem.convert.sssegmentation import (
-    POINT,
-    check_converted,
-    convert_sssegmentation_pointrend,
-    sssegmentation_state_dict,
-)
+from pointrend_sem.convert import check_state_dict, strip_ddp_prefix
+from pointrend_sem.convert.sssegmentation import POINT, convert_sssegmentation_pointrend
 from pointrend_sem.modeling import MLPPointHead
 
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -127,7 +123,7 @@ def test_key_counts_match_sssegmentation():
 def test_conversion_fills_every_model_tensor(dataset, depth):
     state = sssegmentation_state(depth, NUM_CLASSES[dataset], device="meta")
     converted = convert_sssegmentation_pointrend(state)
-    check_converted(
+    check_state_dict(
         converted, model_state(f"{dataset}_r{depth}_sssegmentation.yaml", device="meta")
     )
 
@@ -188,7 +184,7 @@ def test_missing_key_is_named(voc_r50):
     state = OrderedDict(state)
     del state["fpn_neck.lateral_convs.0.1.running_var"]
     with pytest.raises(KeyError, match=r"backbone\.fpn_lateral2\.norm\.running_var"):
-        check_converted(convert_sssegmentation_pointrend(state), model.state_dict())
+        check_state_dict(convert_sssegmentation_pointrend(state), model.state_dict())
 
 
 def test_missing_point_head_tensor_is_named(voc_r50):
@@ -213,7 +209,7 @@ def test_extra_key_the_model_lacks_is_named(voc_r50):
     state = OrderedDict(state)
     state["backbone_net.layer3.6.conv1.weight"] = torch.zeros(256, 1024, 1, 1)  # an R-101 block
     with pytest.raises(KeyError, match=r"backbone\.bottom_up\.res4\.6\.conv1\.weight"):
-        check_converted(convert_sssegmentation_pointrend(state), model.state_dict())
+        check_state_dict(convert_sssegmentation_pointrend(state), model.state_dict())
 
 
 def test_misshaped_key_is_named(voc_r50):
@@ -221,11 +217,18 @@ def test_misshaped_key_is_named(voc_r50):
     state = OrderedDict(state)
     state["decoder.1.weight"] = torch.zeros(19, 256 + 19, 1)  # a Cityscapes classifier
     with pytest.raises(ValueError, match=r"sem_seg_head\.point_head\.predictor\.weight"):
-        check_converted(convert_sssegmentation_pointrend(state), model.state_dict())
+        check_state_dict(convert_sssegmentation_pointrend(state), model.state_dict())
     state = OrderedDict(voc_r50[0])
     state["fcs.0.1.bias"] = torch.zeros(255)
     with pytest.raises(KeyError, match=r"fcs\.0\.1\.bias"):
         convert_sssegmentation_pointrend(state)
+
+
+def sssegmentation_state_dict(checkpoint):
+    """The model state dict inside a loaded sssegmentation checkpoint (``{"model": state_dict,
+    "optimizer": ..., "epoch": ...}``), without the ``module.`` of a model saved inside
+    DistributedDataParallel."""
+    return strip_ddp_prefix(checkpoint.get("model", checkpoint))
 
 
 def test_checkpoint_is_unwrapped():
@@ -233,6 +236,13 @@ def test_checkpoint_is_unwrapped():
     checkpoint = {"epoch": 60, "model": {"module.decoder.1.bias": weight}, "optimizer": {}}
     assert sssegmentation_state_dict(checkpoint) == {"decoder.1.bias": weight}
     assert sssegmentation_state_dict({"decoder.1.bias": weight}) == {"decoder.1.bias": weight}
+
+
+def test_ddp_prefix_is_removed(voc_r50):
+    state, model = voc_r50
+    converted = convert_sssegmentation_pointrend({f"module.{k}": v for k, v in state.items()})
+    check_state_dict(converted, model.state_dict())
+    assert converted.keys() == convert_sssegmentation_pointrend(state).keys()
 
 
 def test_cli_converts_into_the_sssegmentation_config(tmp_path):

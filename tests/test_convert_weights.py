@@ -8,6 +8,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from pointrend_sem.convert.resnet import convert_resnet_backbone
+from tools.benchmarking.reference_models import build_mmseg_pointrend
+from tools.convert_weights import converter
 
 
 def torchvision_resnet50_state():
@@ -72,3 +74,38 @@ def test_unplaceable_key_is_named_and_nothing_written(tmp_path):
     assert not out.exists()
     with pytest.raises(KeyError):
         convert_resnet_backbone(state, "torchvision")
+
+
+def mmseg_r18_state():
+    """An mmsegmentation PointRend R-18 state dict (7 classes), random weights."""
+    pytest.importorskip("mmseg", reason="mmsegmentation is not installed")
+    return build_mmseg_pointrend(depth=18, num_classes=7).state_dict()
+
+
+MMSEG_R18 = [
+    "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN", "MODEL.RESNETS.DEPTH", "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "7",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "source, state_fn, flags, opts",
+    [
+        ("torchvision", torchvision_resnet50_state, [], []),
+        ("mmcv", mmcv_resnet50_v1c_state, [], []),
+        ("mmseg", mmseg_r18_state, ["--config-file", "configs/cityscapes_r50.yaml"], MMSEG_R18),
+    ],
+)
+def test_checkpoint_saved_under_ddp_converts(tmp_path, source, state_fn, flags, opts):
+    """Every key with DistributedDataParallel's ``module.``: converted as without it."""
+    state = state_fn()
+    src, out = tmp_path / "ddp.pth", tmp_path / "converted.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, src)
+    cmd = [sys.executable, "tools/convert_weights.py", "--from", source, *flags]
+    proc = run_command(cmd + [str(src), str(out), *opts])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    converted = torch.load(out, weights_only=True)["model"]
+    expected = converter(source)(state)
+    assert list(converted) == list(expected)
+    assert all(torch.equal(converted[k], expected[k]) for k in expected)

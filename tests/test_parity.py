@@ -1,6 +1,6 @@
 """Published models: converted or loaded weights give the reference implementation's outputs.
 
-mmsegmentation's PointRend runs here (see pointrend_sem/reference_models.py); detectron2's is
+mmsegmentation's PointRend runs here (see tools/benchmarking/reference_models.py); detectron2's is
 installed with detectron2. For each: the reference with random weights (random BN statistics
 too), saved in its own checkpoint format, converted if needed, loaded into our model from the
 matching config, and compared on random images: identical argmax, max |logit difference| 1e-4.
@@ -17,7 +17,7 @@ from conftest import load_config, run_command
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from pointrend_sem.reference_models import (
+from tools.benchmarking.reference_models import (
     DETECTRON2_POINTREND_CONFIG,
     build_detectron2_pointrend,
     build_mmseg_pointrend,

@@ -41,7 +41,8 @@ from pointrend_sem.data import (
 from pointrend_sem.modeling import meta_arch
 from pointrend_sem.modeling.meta_arch import postprocess_logits
 from pointrend_sem.predictor import SemSegPredictor
-from pointrend_sem.reference_models import (
+from pointrend_sem.test_time_augmentation import SemanticSegmentorWithTTA
+from tools.benchmarking.reference_models import (
     DETECTRON2_POINTREND_CONFIG,
     build_detectron2_pointrend,
     build_mmseg_pointrend,
@@ -50,7 +51,6 @@ from pointrend_sem.reference_models import (
     mmseg_predict_files,
     randomize_norms,
 )
-from pointrend_sem.test_time_augmentation import SemanticSegmentorWithTTA
 
 mmcv = pytest.importorskip("mmcv", reason="mmcv (mmcv-lite) is not installed")
 

@@ -22,14 +22,25 @@ Sources: ``mmseg`` (mmsegmentation PointRend), ``sssegmentation`` (its PointRend
 use with ``MODEL.RESNETS.STEM_TYPE basic``). Every key is renamed and checked against the model
 of the config: the tool prints what it mapped and refuses to write (naming them) when a key
 cannot be placed, a shape disagrees, or — for full models — a model weight is left unfilled.
+A checkpoint saved from inside DistributedDataParallel (every key starting with ``module.``)
+converts as it is.
 """
 
 import argparse
 import re
 import sys
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from pointrend_sem import add_pointrend_sem_config
+from pointrend_sem.convert import ConversionError, check_state_dict
+from pointrend_sem.convert.mmseg import convert_mmseg_pointrend
+from pointrend_sem.convert.placement import BACKBONE_PREFIX, BN_COUNTER
+from pointrend_sem.convert.resnet import convert_resnet_backbone
+from pointrend_sem.convert.sssegmentation import convert_sssegmentation_pointrend
 
 BACKBONE_SOURCES = ("mmcv", "torchvision")
 MODEL_SOURCES = ("mmseg", "sssegmentation")
@@ -40,15 +51,9 @@ def converter(
 ) -> Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]:
     """The renaming function of ``source`` (``fold_point_head_norms``: sssegmentation only)."""
     if source in BACKBONE_SOURCES:
-        from pointrend_sem.convert.resnet import convert_resnet_backbone
-
         return lambda state: convert_resnet_backbone(state, source)
     if source == "mmseg":
-        from pointrend_sem.convert.mmseg import convert_mmseg_pointrend
-
         return convert_mmseg_pointrend
-    from pointrend_sem.convert.sssegmentation import convert_sssegmentation_pointrend
-
     return lambda state: convert_sssegmentation_pointrend(state, fold_point_head_norms)
 
 
@@ -74,11 +79,6 @@ def load_state_dict(path: str, unsafe: bool = False) -> Dict[str, torch.Tensor]:
 
 def target_state(config_file: str, opts: List[str]) -> Dict[str, torch.Tensor]:
     """Parameters and buffers of the model a config builds (random weights, CPU)."""
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-
-    from pointrend_sem import add_pointrend_sem_config
-
     cfg = get_cfg()
     add_pointrend_sem_config(cfg)
     cfg.merge_from_file(config_file)
@@ -86,33 +86,15 @@ def target_state(config_file: str, opts: List[str]) -> Dict[str, torch.Tensor]:
     return build_model(cfg).state_dict()
 
 
-def backbone_depth(state: Dict[str, torch.Tensor]) -> int:
-    """ResNet depth of an ImageNet state dict, from its number of res4 blocks and block type."""
-    blocks = {int(m[1]) for k in state for m in [re.match(r"^layer3\.(\d+)\.", k)] if m}
-    bottleneck = any(k.startswith("layer1.0.conv3") for k in state)
-    return {(6, True): 50, (23, True): 101, (36, True): 152, (2, False): 18, (6, False): 34}[
+def backbone_depth(converted: Dict[str, torch.Tensor]) -> Optional[int]:
+    """ResNet depth of a converted ImageNet backbone, from its number of res4 blocks and block
+    type; None when those match no ResNet."""
+    res4 = re.compile(re.escape(BACKBONE_PREFIX) + r"res4\.(\d+)\.")
+    blocks = {m[1] for k in converted for m in [res4.match(k)] if m}
+    bottleneck = any(k.startswith(f"{BACKBONE_PREFIX}res2.0.conv3.") for k in converted)
+    return {(6, True): 50, (23, True): 101, (36, True): 152, (2, False): 18, (6, False): 34}.get(
         (len(blocks), bottleneck)
-    ]
-
-
-def check_against_model(
-    converted: Dict[str, torch.Tensor], model: Dict[str, torch.Tensor], full: bool
-) -> List[str]:
-    """Problems of ``converted`` as weights of ``model``: unknown keys, shape mismatches and,
-    for a full model (``full``), model weights it leaves unfilled."""
-    problems = []
-    for key, value in converted.items():
-        if key not in model:
-            problems.append(f"{key}: not a weight of the model")
-        elif tuple(value.shape) != tuple(model[key].shape):
-            problems.append(
-                f"{key}: shape {tuple(value.shape)} but the model has {tuple(model[key].shape)}"
-            )
-    wanted = [k for k in model if not k.endswith("num_batches_tracked")]
-    if not full:
-        wanted = [k for k in wanted if k.startswith("backbone.bottom_up.")]
-    problems += [f"{key}: missing from the checkpoint" for key in wanted if key not in converted]
-    return problems
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -148,8 +130,8 @@ def main(argv=None) -> int:
     try:
         state = load_state_dict(args.input, args.unsafe_load)
         converted = converter(args.source, args.fold_point_head_norms)(state)
-    except (KeyError, ValueError) as e:
-        print(f"error: {args.input}: {e.args[0]}; nothing written.", file=sys.stderr)
+    except (KeyError, ValueError) as e:  # a ConversionError lists every key at fault
+        print(f"error: {args.input}: {e}\nnothing written.", file=sys.stderr)
         return 1
     opts = list(args.opts)
     config_file = args.config_file
@@ -158,20 +140,29 @@ def main(argv=None) -> int:
             print("error: --config-file is required for a full model.", file=sys.stderr)
             return 2
         config_file = "configs/cityscapes_r50.yaml"
-        depth = backbone_depth(state)
+        depth = backbone_depth(converted)
+        if depth is None:
+            print(
+                f"error: {args.input}: not a ResNet-18/34/50/101/152; give --config-file.",
+                file=sys.stderr,
+            )
+            return 2
         opts += ["MODEL.RESNETS.DEPTH", str(depth)]
         opts += ["MODEL.RESNETS.RES2_OUT_CHANNELS", "64" if depth < 50 else "256"]
         if args.source == "torchvision":
             opts += ["MODEL.RESNETS.STEM_TYPE", "basic"]
     if args.fold_point_head_norms:
         opts += ["MODEL.POINTREND_SEM.FC_NORM", ""]
-    problems = check_against_model(
-        converted, target_state(config_file, opts), full=args.source in MODEL_SOURCES
-    )
-    if problems:
-        listing = "\n  ".join(problems)
+    try:
+        check_state_dict(
+            converted,
+            target_state(config_file, opts),
+            required_prefix="" if args.source in MODEL_SOURCES else BACKBONE_PREFIX,
+            optional_suffixes=(BN_COUNTER,),
+        )
+    except ConversionError as e:
         print(
-            f"error: {args.input} does not fit {config_file}:\n  {listing}\nnothing written.",
+            f"error: {args.input} does not fit {config_file}: {e}\nnothing written.",
             file=sys.stderr,
         )
         return 1

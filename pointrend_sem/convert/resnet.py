@@ -1,74 +1,67 @@
 """ImageNet ResNets (mmcv's ResNetV1c, torchvision's ResNet) -> detectron2 ResNet keys."""
 
 import re
-from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
-# source prefix -> target prefix, for the stems; blocks are mapped by rename_block_key
-STEMS = {
-    "mmcv": {
-        "stem.0.": "stem.conv1.",
-        "stem.1.": "stem.conv1.norm.",
-        "stem.3.": "stem.conv2.",
-        "stem.4.": "stem.conv2.norm.",
-        "stem.6.": "stem.conv3.",
-        "stem.7.": "stem.conv3.norm.",
-    },
-    "torchvision": {"conv1.": "stem.conv1.", "bn1.": "stem.conv1.norm."},
+from .placement import BACKBONE_PREFIX, Rules, StateDict, place_state_dict
+
+# mmcv's deep stem (a Sequential: conv, BN, ReLU three times) -> detectron2's DeepLabStem
+_MMCV_STEM = {
+    "0": "conv1",
+    "1": "conv1.norm",
+    "3": "conv2",
+    "4": "conv2.norm",
+    "6": "conv3",
+    "7": "conv3.norm",
 }
 _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.(conv\d|bn\d|downsample\.0|downsample\.1)\.(.+)$")
 _BLOCK_PARTS = {"downsample.0": "shortcut", "downsample.1": "shortcut.norm"}
 # the ImageNet classifier, and BN's counter (detectron2's norms do not keep it)
 DROPPED = re.compile(r"^fc\.|num_batches_tracked$")
-BACKBONE_PREFIX = "backbone.bottom_up."
 
 
-def rename_block_key(key: str) -> Optional[str]:
-    """``layer<s>.<b>.<part>.<param>`` -> ``res<s+1>.<b>.<part>.<param>`` (bn<k> -> conv<k>.norm,
-    downsample -> shortcut), or None when ``key`` is not a residual block's."""
-    match = _BLOCK.match(key)
-    if match is None:
-        return None
+def _block(match: re.Match) -> str:
+    """``layer<s>.<b>.<part>.<param>`` -> ``res<s+1>.<b>.<part>.<param>`` (bn<k> ->
+    conv<k>.norm, downsample -> shortcut)."""
     stage, block, part, param = match.groups()
     if part.startswith("bn"):
         part = f"conv{part[2:]}.norm"
     part = _BLOCK_PARTS.get(part, part)
-    return f"res{int(stage) + 1}.{block}.{part}.{param}"
+    return f"{BACKBONE_PREFIX}res{int(stage) + 1}.{block}.{part}.{param}"
 
 
-def rename_resnet_key(key: str, source: str) -> Optional[str]:
-    """A ResNet key of ``source`` ("mmcv" or "torchvision") renamed to detectron2's ResNet
-    (without prefix), or None when it cannot be placed."""
-    for src, target in STEMS[source].items():
-        if key.startswith(src):
-            return target + key[len(src) :]
-    return rename_block_key(key)
+def _mmcv_stem(match: re.Match):
+    part = _MMCV_STEM.get(match[1])
+    return None if part is None else f"{BACKBONE_PREFIX}stem.{part}.{match[2]}"
 
 
-def convert_resnet_backbone(state_dict: Dict[str, torch.Tensor], source: str):
+# per source, the rules that place a ResNet's keys under ``backbone.bottom_up.``
+RESNET_RULES: Dict[str, Rules] = {
+    "mmcv": [(re.compile(r"^stem\.(\d)\.(.+)$"), _mmcv_stem), (_BLOCK, _block)],
+    "torchvision": [
+        (re.compile(r"^conv1\.(.+)$"), lambda m: f"{BACKBONE_PREFIX}stem.conv1.{m[1]}"),
+        (re.compile(r"^bn1\.(.+)$"), lambda m: f"{BACKBONE_PREFIX}stem.conv1.norm.{m[1]}"),
+        (_BLOCK, _block),
+    ],
+}
+
+
+def convert_resnet_backbone(state_dict: StateDict, source: str) -> "Dict[str, torch.Tensor]":
     """Rename an ImageNet ResNet state dict into this project's backbone keys.
 
     Args:
-        state_dict: the source's parameters and buffers.
+        state_dict: the source's parameters and buffers (a ``module.`` before every key is
+            removed).
         source: "mmcv" or "torchvision".
 
     Returns:
         OrderedDict of ``backbone.bottom_up.*`` tensors.
 
     Raises:
-        KeyError: naming every key that could not be placed.
+        ConversionError (a KeyError): naming every key that could not be placed.
     """
-    converted, unplaced = OrderedDict(), []
-    for key, value in state_dict.items():
-        if DROPPED.search(key):
-            continue
-        new_key = rename_resnet_key(key, source)
-        if new_key is None:
-            unplaced.append(key)
-        else:
-            converted[BACKBONE_PREFIX + new_key] = value
-    if unplaced:
-        raise KeyError(f"cannot place {len(unplaced)} key(s) of a {source} ResNet: {unplaced}")
-    return converted
+    return place_state_dict(
+        state_dict, RESNET_RULES[source], source=f"{source} ResNet", drop=DROPPED
+    )

@@ -17,132 +17,115 @@ Everything is renamed one tensor to one tensor: the point head's BNs become the 
 ``MLPPointHead``'s fc layers (``MODEL.POINTREND_SEM.FC_NORM "SyncBN"``), so fine-tuning trains
 sssegmentation's model. On request (``fold_point_head_norms``) each BN is folded into the Conv1d
 before it instead, for a point head without norms (``FC_NORM ""``): exact in inference (see
-:func:`fold_batch_norm`), but fine-tuning from those weights trains another model.
+:func:`~pointrend_sem.modeling.conv_norm_folding.fold_batch_norm`), but fine-tuning from those
+weights trains another model.
 """
 
 import re
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping
 
 import torch
 
-from .rules import Rules, rename_with_rules
+from ..modeling.conv_norm_folding import fold_batch_norm
+from .placement import (
+    COARSE,
+    POINT,
+    Rules,
+    StateDict,
+    fpn_conv_key,
+    place_state_dict,
+    scale_head_key,
+    under,
+)
+from .resnet import RESNET_RULES
 
-COARSE = "sem_seg_head.coarse_sem_seg_head."
-POINT = "sem_seg_head.point_head."
 _BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 _BN_EPS = 1e-5  # torch's default, which sssegmentation's SyncBatchNorm keeps
 _BN = "(weight|bias|running_mean|running_var|num_batches_tracked)"
+# an FPN conv + BN, a scale head's conv + BN ("0": the conv, "1": the BN)
+_FPN = r"fpn_neck\.(?:(?P<lateral>lateral)|fpn)_convs\.(?P<level>\d)"
+_SCALE_HEAD = r"scale_heads\.(?P<level>\d)\.(?P<index>\d+)"
 # a point-head layer's conv weight ("0.weight") or BN tensor ("1.<param>")
 _POINT_FC = re.compile(rf"^fcs\.(\d+)\.(0\.weight|1\.{_BN})$")
+# a point-head layer's norm, converted: (layer, BN tensor)
+_POINT_NORM = re.compile(rf"^({re.escape(POINT)}fc\d+)\.norm\.(\w+)$")
 
 
-def _fpn(match) -> str:
-    kind, level, part, param = match.groups()
-    name = "fpn_lateral" if kind == "lateral" else "fpn_output"
-    suffix = f"norm.{param}" if part == "1" else param
-    return f"backbone.{name}{int(level) + 2}.{suffix}"
+def _point_fc(match: re.Match) -> str:
+    """``fcs.<k>.0.weight`` -> ``fc<k+1>.weight``, ``fcs.<k>.1.*`` -> ``fc<k+1>.norm.*``."""
+    index, part = match[1], match[2]
+    fc = f"{POINT}fc{int(index) + 1}"
+    return f"{fc}.weight" if part == "0.weight" else f"{fc}.norm.{part[2:]}"
 
 
-def _scale_head(match) -> str:
-    level, index, part, param = match.groups()
-    suffix = f"norm.{param}" if part == "1" else param
-    return f"{COARSE}p{int(level) + 2}.{index}.{suffix}"
-
-
-# (pattern, target builder) for everything but the backbone and the point head's layers
 _RULES: Rules = [
-    (re.compile(r"^fpn_neck\.(lateral|fpn)_convs\.(\d)\.(0)\.(weight)$"), _fpn),
-    (re.compile(rf"^fpn_neck\.(lateral|fpn)_convs\.(\d)\.(1)\.{_BN}$"), _fpn),
-    (re.compile(r"^scale_heads\.(\d)\.(\d+)\.(0)\.(weight)$"), _scale_head),
-    (re.compile(rf"^scale_heads\.(\d)\.(\d+)\.(1)\.{_BN}$"), _scale_head),
+    under("backbone_net.", RESNET_RULES["mmcv"]),
+    (re.compile(rf"^{_FPN}\.0\.(?P<param>weight)$"), fpn_conv_key),
+    (re.compile(rf"^{_FPN}\.(?P<norm>1)\.(?P<param>{_BN})$"), fpn_conv_key),
+    (re.compile(rf"^{_SCALE_HEAD}\.0\.(?P<param>weight)$"), scale_head_key),
+    (re.compile(rf"^{_SCALE_HEAD}\.(?P<norm>1)\.(?P<param>{_BN})$"), scale_head_key),
     (re.compile(r"^auxiliary_decoder\.1\.(weight|bias)$"), lambda m: f"{COARSE}predictor.{m[1]}"),
+    (_POINT_FC, _point_fc),
     (re.compile(r"^decoder\.1\.(weight|bias)$"), lambda m: f"{POINT}predictor.{m[1]}"),
 ]
 
 
-def rename_sssegmentation_key(key: str) -> Optional[str]:
-    """One sssegmentation PointRend key in this project's naming, or None when it is not one
-    of the rules' (the point head's ``fcs.*``, converted layer by layer, see
-    :func:`convert_sssegmentation_pointrend`)."""
-    return rename_with_rules(key, "backbone_net.", _RULES)
-
-
-def fold_batch_norm(
-    weight: torch.Tensor, norm: Mapping[str, torch.Tensor], eps: float = _BN_EPS
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fold an inference-mode BatchNorm into the bias-free convolution before it.
-
-    ``bn(conv(x)) = conv'(x)`` with ``W' = W * s`` and ``b' = beta - mean * s`` for
-    ``s = gamma / sqrt(var + eps)``, per output channel.
-
-    Args:
-        weight: (C_out, C_in, *kernel) convolution weight.
-        norm: the BN's "weight", "bias", "running_mean", "running_var", each (C_out,).
-        eps: the BN's epsilon.
-
-    Returns:
-        weight (C_out, C_in, *kernel) and bias (C_out,), in ``weight``'s dtype.
-    """
-    scale = norm["weight"].double() / torch.sqrt(norm["running_var"].double() + eps)
-    folded = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-    bias = norm["bias"].double() - norm["running_mean"].double() * scale
-    return folded.to(weight.dtype), bias.to(weight.dtype)
-
-
-def _point_head_problems(k: int, parts: Mapping[str, torch.Tensor]) -> List[str]:
-    """What keeps point-head layer ``fcs.<k>`` from being converted: missing tensors, and BN
-    tensors whose shape is not (C_out,) of the conv weight (C_out, C_in, 1)."""
-    needed = ["0.weight"] + [f"1.{p}" for p in _BN_PARAMS]
-    missing = [f"fcs.{k}.{p} (missing)" for p in needed if p not in parts]
-    if missing:
-        return missing
-    channels = parts["0.weight"].shape[0]
-    return [
-        f"fcs.{k}.1.{p} {tuple(parts[f'1.{p}'].shape)} (expected ({channels},))"
-        for p in _BN_PARAMS
-        if tuple(parts[f"1.{p}"].shape) != (channels,)
-    ]
-
-
-def _convert_point_head(
-    fcs: Mapping[int, Mapping[str, torch.Tensor]], fold_norms: bool
-) -> "OrderedDict[str, torch.Tensor]":
-    """``fcs.<k>.0.weight`` -> ``fc<k+1>.weight`` and ``fcs.<k>.1.*`` -> ``fc<k+1>.norm.*``;
-    or, with ``fold_norms``, both folded into ``fc<k+1>.weight`` / ``.bias``.
-
-    Raises:
-        KeyError: naming every missing or mis-shaped tensor of any layer.
-    """
-    problems = [problem for k in sorted(fcs) for problem in _point_head_problems(k, fcs[k])]
-    if problems:
-        raise KeyError(f"cannot convert the point head's conv + BN layers: {problems}")
-    converted = OrderedDict()
-    for k in sorted(fcs):
-        fc = f"{POINT}fc{k + 1}"
-        if fold_norms:
-            norm = {p: fcs[k][f"1.{p}"] for p in _BN_PARAMS}
-            converted[f"{fc}.weight"], converted[f"{fc}.bias"] = fold_batch_norm(
-                fcs[k]["0.weight"], norm
-            )
+def _point_head_problems(state_dict: StateDict) -> List[str]:
+    """What keeps the point head's conv + BN layers ``fcs.<k>`` from being converted: missing
+    tensors, and BN tensors whose shape is not (C_out,) of the conv weight (C_out, C_in, 1)."""
+    layers: Dict[int, Dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        match = _POINT_FC.match(key)
+        if match:
+            layers.setdefault(int(match[1]), {})[match[2]] = value
+    problems = []
+    for k, parts in sorted(layers.items()):
+        needed = ["0.weight"] + [f"1.{p}" for p in _BN_PARAMS]
+        missing = [f"fcs.{k}.{p}: missing (point head conv + BN)" for p in needed if p not in parts]
+        if missing:
+            problems += missing
             continue
-        converted[f"{fc}.weight"] = fcs[k]["0.weight"]
-        for part, value in fcs[k].items():
-            if part.startswith("1."):
-                converted[f"{fc}.norm.{part[2:]}"] = value
-    return converted
+        channels = parts["0.weight"].shape[0]
+        problems += [
+            f"fcs.{k}.1.{p}: shape {tuple(parts[f'1.{p}'].shape)}, expected ({channels},)"
+            for p in _BN_PARAMS
+            if tuple(parts[f"1.{p}"].shape) != (channels,)
+        ]
+    return problems
+
+
+def _fold_point_head_norms(converted: StateDict) -> Dict[str, torch.Tensor]:
+    """``converted`` with each ``fc<k>.norm.*`` of the point head folded into ``fc<k>.weight``
+    and a new ``fc<k>.bias`` (computed in float64; the norm's counter is dropped)."""
+    norms: Dict[str, Dict[str, torch.Tensor]] = {}
+    for key, value in converted.items():
+        match = _POINT_NORM.match(key)
+        if match:
+            norms.setdefault(match[1], {})[match[2]] = value
+    folded = OrderedDict()
+    for key, value in converted.items():
+        layer = key[: -len(".weight")]
+        if key.endswith(".weight") and layer in norms:
+            bn = [norms[layer][p].double() for p in _BN_PARAMS]
+            weight, bias = fold_batch_norm(value.double(), None, *bn, eps=_BN_EPS)
+            folded[key], folded[f"{layer}.bias"] = weight.to(value.dtype), bias.to(value.dtype)
+        elif not _POINT_NORM.match(key):
+            folded[key] = value
+    return folded
 
 
 def convert_sssegmentation_pointrend(
     state_dict: Mapping[str, torch.Tensor], fold_point_head_norms: bool = False
-) -> "OrderedDict[str, torch.Tensor]":
+) -> Dict[str, torch.Tensor]:
     """Convert the model state dict of an sssegmentation PointRend checkpoint.
 
     Every tensor is renamed (BN counters ``num_batches_tracked`` included); the point head's
     ``fcs.<k>.1.*`` BNs become ``fc<k+1>.norm.*`` (for ``MODEL.POINTREND_SEM.FC_NORM`` "SyncBN").
 
     Args:
-        state_dict: ``checkpoint["model"]`` (see :func:`sssegmentation_state_dict`).
+        state_dict: ``checkpoint["model"]``; a ``module.`` before every key (a model saved
+            inside DistributedDataParallel) is removed.
         fold_point_head_norms: fold the point head's BNs into ``fc<k+1>.weight`` / ``.bias``
             instead (for ``FC_NORM ""``; their counters are dropped).
 
@@ -150,59 +133,10 @@ def convert_sssegmentation_pointrend(
         OrderedDict in this project's keys.
 
     Raises:
-        KeyError: naming every key that could not be placed; or every missing or mis-shaped
-            tensor of a point-head layer.
+        ConversionError (a KeyError): naming every key that could not be placed, and every
+            missing or mis-shaped tensor of a point-head layer.
     """
-    converted, unplaced = OrderedDict(), []
-    fcs: Dict[int, Dict[str, torch.Tensor]] = {}
-    for key, value in state_dict.items():
-        match = _POINT_FC.match(key)
-        if match:
-            # a folded BN leaves its counter behind
-            if not (fold_point_head_norms and match[2] == "1.num_batches_tracked"):
-                fcs.setdefault(int(match[1]), {})[match[2]] = value
-            continue
-        new_key = rename_sssegmentation_key(key)
-        if new_key is None:
-            unplaced.append(key)
-        else:
-            converted[new_key] = value
-    if unplaced:
-        raise KeyError(f"cannot place {len(unplaced)} sssegmentation key(s): {unplaced}")
-    converted.update(_convert_point_head(fcs, fold_point_head_norms))
-    return converted
-
-
-def sssegmentation_state_dict(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
-    """The model state dict inside a loaded sssegmentation checkpoint.
-
-    sssegmentation saves ``{"model": state_dict, "optimizer": ..., "epoch": ...}``; a
-    ``"module."`` prefix (a model saved inside DistributedDataParallel) is removed.
-    """
-    state = checkpoint.get("model", checkpoint)
-    if state and all(key.startswith("module.") for key in state):
-        state = {key[len("module.") :]: value for key, value in state.items()}
-    return dict(state)
-
-
-def check_converted(
-    converted: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
-) -> None:
-    """Check a converted state dict against a model's ``state_dict()``, key for key.
-
-    Raises:
-        KeyError: naming every model key the conversion does not provide and every converted
-            key the model does not have.
-        ValueError: naming every key whose shape differs, with both shapes.
-    """
-    missing = [k for k in expected if k not in converted]
-    unexpected = [k for k in converted if k not in expected]
-    if missing or unexpected:
-        raise KeyError(f"missing in the conversion: {missing}; not in the model: {unexpected}")
-    misshaped = [
-        f"{k}: converted {tuple(converted[k].shape)}, model {tuple(expected[k].shape)}"
-        for k in expected
-        if tuple(converted[k].shape) != tuple(expected[k].shape)
-    ]
-    if misshaped:
-        raise ValueError(f"shape mismatch: {misshaped}")
+    converted = place_state_dict(
+        state_dict, _RULES, source="sssegmentation", check_source=_point_head_problems
+    )
+    return _fold_point_head_norms(converted) if fold_point_head_norms else converted

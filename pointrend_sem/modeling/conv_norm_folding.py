@@ -6,6 +6,9 @@ equals one convolution with scaled weights and a bias. That saves a full pass ov
 map (ResNet has one norm per conv), while parameters, buffers and checkpoints stay those of the
 unfolded model. In training (``module.training``) or under autograd the norm runs unfolded, so
 batch statistics are used and updated as usual.
+
+The arithmetic, :func:`fold_batch_norm`, also folds a checkpoint's norms once and for all
+(sssegmentation's point head, ``tools/convert_weights.py --fold-point-head-norms``).
 """
 
 from typing import Optional, Tuple
@@ -35,6 +38,37 @@ def _is_foldable(norm: Optional[nn.Module]) -> bool:
     )
 
 
+def fold_batch_norm(
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold an inference-mode batch norm into the convolution before it, in the tensors' dtype.
+
+    ``norm(conv(x)) = conv'(x)`` with ``W' = W * s`` and ``b' = beta - mean * s + b * s`` for
+    ``s = gamma / sqrt(var + eps)``, per output channel.
+
+    Args:
+        weight: (C_out, C_in, *kernel) convolution weight (Conv1d or Conv2d).
+        bias: (C_out,) convolution bias, or None.
+        norm_weight, norm_bias, running_mean, running_var: the norm's gamma, beta and running
+            statistics, each (C_out,).
+        eps: the norm's epsilon.
+
+    Returns:
+        weight (C_out, C_in, *kernel) and bias (C_out,).
+    """
+    scale = norm_weight * (running_var + eps).rsqrt()
+    folded_bias = norm_bias - running_mean * scale
+    if bias is not None:
+        folded_bias = folded_bias + bias * scale
+    return weight * scale.reshape((-1,) + (1,) * (weight.dim() - 1)), folded_bias
+
+
 def _state_key(*tensors: Optional[torch.Tensor]) -> Tuple:
     return tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors)
 
@@ -55,18 +89,22 @@ class _FoldedWeights:
         cache = getattr(self, "_folded_cache", None)
         if cache is not None and cache[0] == key:
             return cache[1]
-        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-        bias = norm.bias - norm.running_mean * scale
-        if self.bias is not None:
-            bias = bias + self.bias * scale
+        weight, bias = fold_batch_norm(
+            self.weight,
+            self.bias,
+            norm.weight,
+            norm.bias,
+            norm.running_mean,
+            norm.running_var,
+            norm.eps,
+        )
         layout = (
             torch.channels_last
             if self.weight.dim() == 4
             and self.weight.is_contiguous(memory_format=torch.channels_last)
             else torch.contiguous_format
         )
-        shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        weight = (self.weight * scale.reshape(shape)).contiguous(memory_format=layout)
+        weight = weight.contiguous(memory_format=layout)
         self._folded_cache = (key, (weight, bias))
         return weight, bias
 

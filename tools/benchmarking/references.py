@@ -9,10 +9,11 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from pointrend_sem.reference_models import randomize_norms
+from pointrend_sem.convert import ConversionError, check_state_dict
 
 from .inputs import detectron2_inputs, in_format, sem_seg_labels
 from .measure import Contender
+from .reference_models import randomize_norms
 
 COMPARE_CHOICES = ("detectron2", "mmseg")
 
@@ -40,7 +41,7 @@ def detectron2_reference(cfg, weights: str, seed: int) -> Tuple[nn.Module, str]:
     """
     import detectron2
 
-    from pointrend_sem.reference_models import (
+    from .reference_models import (
         build_detectron2_pointrend,
         detectron2_pointrend_config,
     )
@@ -58,7 +59,7 @@ def detectron2_reference(cfg, weights: str, seed: int) -> Tuple[nn.Module, str]:
 def mmseg_reference(cfg, weights: str, seed: int) -> nn.Module:
     """mmsegmentation's PointRend sized like ``cfg`` (BN), with ``weights`` (an mmseg
     checkpoint) or random weights (random normalization statistics included), on CPU."""
-    from pointrend_sem.reference_models import build_mmseg_pointrend
+    from .reference_models import build_mmseg_pointrend
 
     steps = cfg.MODEL.POINTREND_SEM.SUBDIVISION_STEPS
     if steps != 2:
@@ -97,15 +98,10 @@ def load_reference_weights(kind: str, reference: nn.Module, ours: nn.Module) -> 
         "64 below depth 50)",
     }[kind]
     try:
-        incompatible = ours.load_state_dict(state, strict=False)
-    except RuntimeError as e:
+        check_state_dict(state, ours.state_dict(), optional_suffixes=("num_batches_tracked",))
+    except ConversionError as e:
         raise SystemExit(f"--compare {kind} needs {hint}:\n{e}") from None
-    missing = [k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing or incompatible.unexpected_keys:
-        raise SystemExit(
-            f"--compare {kind} needs {hint}. Not in the reference: {missing[:5]}; "
-            f"not in ours: {incompatible.unexpected_keys[:5]}"
-        )
+    ours.load_state_dict(state, strict=False)
 
 
 def build_reference(kind: str, cfg, ours: nn.Module, image_rgb: torch.Tensor, args) -> Contender:
@@ -119,7 +115,7 @@ def build_reference(kind: str, cfg, ours: nn.Module, image_rgb: torch.Tensor, ar
         inputs = detectron2_inputs(in_format(image_rgb, input_format), args.batch_size)
         return Contender("reference", lambda: reference(inputs), sem_seg_labels)
 
-    from pointrend_sem.reference_models import mmseg_logits
+    from .reference_models import mmseg_logits
 
     if cfg.MODEL.DEVICE != "cpu":
         raise SystemExit("--compare mmseg runs on CPU (mmseg_logits normalizes on the CPU).")

@@ -1,7 +1,8 @@
 """The reference implementations this project is compared with, built for side-by-side runs
 (parity tests, ``tools/benchmark.py --compare``):
 mmsegmentation's PointRend (``CascadeEncoderDecoder`` + ``FPNHead`` + ``PointHead``) and
-detectron2's ``projects/PointRend`` semantic model.
+detectron2's ``projects/PointRend`` semantic model. An instrument, not part of the runtime
+package: ``pointrend_sem`` never imports it.
 
 mmsegmentation installs from PyPI (``pip install mmsegmentation==1.2.2 mmengine mmcv-lite==2.1.0
 --no-deps`` plus their pure-Python requirements); mmcv-lite lacks the compiled ``mmcv.ops``,
