@@ -15,6 +15,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.colormap import colormap
 
 from .data import build_test_augmentations
+from .modeling.binary import num_output_channels
 
 
 def to_model_inputs(image: np.ndarray, augmentations: T.AugmentationList) -> Dict:
@@ -34,7 +35,8 @@ class SemSegPredictor:
     (:func:`pointrend_sem.data.build_test_augmentations`: ``INPUT.RESIZE_BACKEND`` "opencv"
     resizes as mmsegmentation's and sssegmentation's test pipelines, "detectron2" as
     ``DefaultPredictor``), and the output comes back at the input's size
-    (``TEST.OUTPUT_RESIZE``). The resize runs on the uint8 image, as in those pipelines.
+    (``TEST.OUTPUT_RESIZE``). The resize runs on the uint8 image, as in those pipelines. The
+    prediction is the model's :meth:`~pointrend_sem.modeling.PointRendSemanticSegmentor.predict`.
     """
 
     def __init__(self, cfg):
@@ -56,24 +58,30 @@ class SemSegPredictor:
             image_bgr: (H, W, 3) uint8 image in BGR order, as OpenCV reads it.
 
         Returns:
-            the model's output for the image: "sem_seg" (C, H, W) logits, and
-            "coarse_sem_seg" likewise when the config asks for it.
+            the model's output for the image: "sem_seg" (max(C, 2), H, W) logits (C: classes
+            predicted; two channels for a one-logit binary model), and "coarse_sem_seg"
+            likewise when the config asks for it.
         """
+        inputs = self.model_inputs(image_bgr)
         with torch.no_grad():
-            return self.model([self.model_inputs(image_bgr)])[0]
+            return self.model.predict([inputs["image"]], [(inputs["height"], inputs["width"])])[0]
 
 
 def display_metadata(cfg) -> Metadata:
     """Class names and colours to draw predictions of ``cfg``'s model with.
 
     Taken from the metadata of ``DATASETS.TEST[0]`` (``stuff_classes``, ``stuff_colors``) and
-    completed up to ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``: a class missing there is called
-    "class <i>" and gets a fixed colour of detectron2's colormap, so every predicted class is
-    drawn, with the same colour in every image.
+    completed up to the model's output channels (``MODEL.SEM_SEG_HEAD.NUM_CLASSES``, 2 for a
+    one-logit binary model): a class missing there is called "class <i>" and gets a fixed
+    colour of detectron2's colormap, so every predicted class is drawn, with the same colour in
+    every image.
     """
     name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
     source = MetadataCatalog.get(name)
-    num_classes = max(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, len(source.get("stuff_classes", [])))
+    num_classes = max(
+        num_output_channels(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
+        len(source.get("stuff_classes", [])),
+    )
     classes = list(source.get("stuff_classes", []))
     classes += [f"class {i}" for i in range(len(classes), num_classes)]
     palette = colormap(rgb=True, maximum=255).astype(int).tolist()

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from detectron2.data import transforms as T
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .data.augmentations import build_test_resize
 
@@ -32,8 +33,10 @@ class SemanticSegmentorWithTTA(nn.Module):
     * "detectron2": ``ResizeShortestEdge(int(r * MIN_SIZE_TEST + 0.5),
       int(r * MAX_SIZE_TEST + 0.5))`` (PIL, detectron2's rounding).
 
-    Each view is run by the wrapped model, which resizes its logits back to the original size
-    (``TEST.OUTPUT_RESIZE``); their softmax probabilities are flipped back and averaged.
+    The views of one scale are predicted as one batch by the wrapped model's
+    :meth:`~pointrend_sem.modeling.PointRendSemanticSegmentor.predict`, which resizes the logits
+    back to the original size (``TEST.OUTPUT_RESIZE``); their softmax probabilities are flipped
+    back and averaged.
 
     Output: one dict per image with "sem_seg" (C, H, W) — the mean class probabilities over all
     augmented views, at the original size — and "coarse_sem_seg" likewise when the wrapped
@@ -51,13 +54,17 @@ class SemanticSegmentorWithTTA(nn.Module):
     ):
         """
         Args:
-            model: returns, per input dict, "sem_seg" (C, height, width) logits.
+            model: a :class:`~pointrend_sem.modeling.PointRendSemanticSegmentor`, or a module
+                with its ``predict(images, output_sizes)`` returning, per image, "sem_seg"
+                (C, H_out, W_out) logits; taken out of DistributedDataParallel.
             scale_ratios: e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75).
             flip: also run each scale on the horizontally flipped image.
             min_size, max_size: the base test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
             resize_backend: "detectron2" or "opencv" (INPUT.RESIZE_BACKEND).
         """
         super().__init__()
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
         self.model = model
         self.scale_ratios = tuple(scale_ratios)
         self.flip = flip
@@ -104,12 +111,23 @@ class SemanticSegmentorWithTTA(nn.Module):
 
     @torch.no_grad()
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
+        """
+        Args:
+            batched_inputs: dicts with "image" (3, H, W) at the original size in the input
+                format, and optionally "height", "width" (the output size, default H, W).
+
+        Returns:
+            per image, the mean probabilities described in the class docstring.
+        """
         results = []
         for inputs in batched_inputs:
             sums: Dict[str, torch.Tensor] = {}
             count = 0
             for group in self._views(inputs):
-                outputs = self.model([view for view, _ in group])
+                outputs = self.model.predict(
+                    [view["image"] for view, _ in group],
+                    [(view["height"], view["width"]) for view, _ in group],
+                )
                 for (_, flipped), output in zip(group, outputs):
                     for key in OUTPUT_KEYS:
                         if key not in output:

@@ -19,13 +19,18 @@ class PixelwiseSegmentor(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, num_classes, 1)
 
-    def forward(self, batched_inputs):
+    def predict(self, images, output_sizes):
+        """The inference entry that the TTA wrapper calls (as PointRendSemanticSegmentor's)."""
         outputs = []
-        for x in batched_inputs:
-            logits = self.conv(x["image"].float()[None] / 255)
-            logits = F.interpolate(logits, size=(x["height"], x["width"]), mode="bilinear")
+        for image, size in zip(images, output_sizes):
+            logits = self.conv(image.float()[None] / 255)
+            logits = F.interpolate(logits, size=size, mode="bilinear")
             outputs.append({"sem_seg": logits[0]})
         return outputs
+
+    def forward(self, batched_inputs):
+        sizes = [(x["height"], x["width"]) for x in batched_inputs]
+        return self.predict([x["image"] for x in batched_inputs], sizes)
 
 
 def image(h, w, symmetric=False):

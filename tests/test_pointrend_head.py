@@ -4,11 +4,18 @@ from conftest import load_config
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from pointrend_sem.modeling import SubdivisionTrace
+
 
 def build(opts=()):
     cfg = load_config("demo_synthetic.yaml", opts)
     model = build_model(cfg)
     return cfg, model
+
+
+def padded_batch(model, sizes):
+    """The (N, 3, H, W) ImageList that the model's inference would make of random images."""
+    return model.pad_images(model.normalize_images([x["image"] for x in inputs(sizes)]))
 
 
 def inputs(sizes, with_labels=False, num_classes=5):
@@ -60,7 +67,7 @@ def test_subdivision_with_all_points_equals_point_head_everywhere():
     _, model = build(["MODEL.POINTREND_SEM.SUBDIVISION_NUM_POINTS", 1_000_000])
     model.eval()
     head = model.sem_seg_head
-    images = model.preprocess_image(inputs([(64, 64)]))
+    images = padded_batch(model, [(64, 64)])
     with torch.no_grad():
         features = model.backbone(images.tensor)
         refined, coarse = head.inference(features)
@@ -77,16 +84,16 @@ def test_subdivision_only_changes_selected_points():
     _, model = build(["MODEL.POINTREND_SEM.SUBDIVISION_STEPS", 1])
     model.eval()
     head = model.sem_seg_head
-    images = model.preprocess_image(inputs([(64, 64)]))
-    record = []
+    images = padded_batch(model, [(64, 64)])
+    trace = SubdivisionTrace()
     with torch.no_grad():
         features = model.backbone(images.tensor)
-        refined, coarse = head.inference(features, record_points=record)
+        refined, coarse = head.inference(features, trace=trace)
     upsampled = torch.nn.functional.interpolate(
         coarse, scale_factor=2, mode="bilinear", align_corners=False
     )
     changed = (refined != upsampled).flatten(2).any(1)[0]
-    coords, _ = record[0]
+    coords = trace.steps[0].point_coords
     assert changed.sum() <= head.subdivision_num_points == coords.shape[1]
 
 

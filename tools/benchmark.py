@@ -112,7 +112,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     model = build_model(cfg).eval()
     image_rgb = inputs.random_image(args.height, args.width, args.seed)
     batch = inputs.detectron2_inputs(inputs.in_format(image_rgb, cfg.INPUT.FORMAT), args.batch_size)
-    ours = measure.Contender("ours", lambda: model(batch), inputs.sem_seg_labels)
+    images = [x["image"] for x in batch]
+    sizes = [(x["height"], x["width"]) for x in batch]
+    ours = measure.Contender("ours", lambda: model.predict(images, sizes), inputs.sem_seg_labels)
     contenders = [ours]
     if args.compare:
         contenders.append(references.build_reference(args.compare, cfg, model, image_rgb, args))

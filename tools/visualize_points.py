@@ -6,8 +6,13 @@
         --opts MODEL.WEIGHTS output/demo_synthetic/model_final.pth
 
 Panels: the input; the coarse head's prediction; for each subdivision step, the uncertainty
-(-(top1 - top2) of that step's upsampled logits) as a heat map over the image, with the points
-the step re-predicts; the final (refined) prediction.
+(-(top1 - top2) of that step's upsampled logits, before its points are re-predicted) as a heat
+map over the image, with the points the step re-predicts; the final (refined) prediction.
+
+The model predicts through its one inference entry, ``model.predict(..., trace=trace)``, with a
+:class:`~pointrend_sem.modeling.SubdivisionTrace` that records the steps; the tool shows the
+whole-image inference (``TEST.SLIDING_WINDOW.ENABLED`` False) and its coarse prediction
+(``MODEL.POINTREND_SEM.OUTPUT_COARSE`` True) whatever the config says.
 """
 
 import argparse
@@ -26,13 +31,14 @@ from matplotlib.patches import Patch
 
 from pointrend_sem.data import build_test_augmentations
 from pointrend_sem.engine import setup
-from pointrend_sem.modeling.meta_arch import postprocess_logits
-from pointrend_sem.modeling.point_sampling import calculate_uncertainty
+from pointrend_sem.modeling import SubdivisionTrace, calculate_uncertainty
 from pointrend_sem.predictor import display_metadata, to_model_inputs
 
 PANEL_INCHES = 4.0  # width and height of one panel
 LEGEND_INCHES = 0.5  # band under the panels for the class legend
 DPI = 100
+# what the tool shows: the whole-image inference and the coarse prediction
+FORCED_OPTS = ["TEST.SLIDING_WINDOW.ENABLED", False, "MODEL.POINTREND_SEM.OUTPUT_COARSE", True]
 
 # one subdivision step: uncertainty (h, w) on the step's grid over the image, and the points
 # chosen at that step, (P, 2) (x, y) in pixels of the image
@@ -133,7 +139,8 @@ def _step_in_image(logits: torch.Tensor, coords: torch.Tensor, padded_size, imag
     last row or column included, as :func:`select_uncertain_grid_points` counts them).
 
     Args:
-        logits: (1, C, h, w) logits of the step, over the padded batch.
+        logits: (1, C, h, w) logits of the step before its points are re-predicted, over the
+            padded batch.
         coords: (P, 2) chosen points, [0, 1] (x, y) over the padded batch.
         padded_size, image_size: (H, W) of the padded batch and of the image inside it.
         out_size: (H, W) of the original image.
@@ -153,34 +160,39 @@ def _step_in_image(logits: torch.Tensor, coords: torch.Tensor, padded_size, imag
 
 @torch.no_grad()
 def collect_subdivision(model, inputs: Dict) -> Dict:
-    """Run ``model`` (a ``PointRendSemanticSegmentor``) on one input dict the way its
-    whole-image inference does (not sliding windows), recording each subdivision step.
+    """Predict one input dict with ``model.predict`` (a ``PointRendSemanticSegmentor`` in eval
+    mode, with whole-image inference and ``output_coarse``; see ``FORCED_OPTS``), recording each
+    subdivision step in a :class:`SubdivisionTrace`.
+
+    Args:
+        inputs: "image" (3, h, w) in the model's input format, "height" H and "width" W of the
+            original image (:func:`pointrend_sem.predictor.to_model_inputs`).
 
     Returns:
         dict with "coarse" and "final" (H, W) class ids at the original size, and "steps":
-        a list of (uncertainty (h, w), points (P, 2) in pixels), one per subdivision step.
+        a list of (uncertainty (rows, cols), points (P, 2) in pixels), one per subdivision step.
+
+    Raises:
+        ValueError: the model does not return its coarse prediction.
     """
-    images = model.preprocess_image([inputs])
-    features = model.backbone(images.tensor)
-    padded_size = tuple(images.tensor.shape[-2:])
-    image_size = tuple(images.image_sizes[0])
-    valid_fraction = torch.tensor([image_size], dtype=torch.float32, device=model.device)
-    valid_fraction = valid_fraction / torch.tensor(padded_size, device=model.device)
-    records: list = []
-    refined, coarse = model.sem_seg_head.inference(features, valid_fraction, record_points=records)
     out_size = (inputs["height"], inputs["width"])
-
-    direct = model.output_resize == "direct"
-
-    def labels(logits: torch.Tensor) -> np.ndarray:
-        logits = postprocess_logits(logits, padded_size, image_size, *out_size, direct=direct)
-        return logits.argmax(0).cpu().numpy()
-
+    trace = SubdivisionTrace()
+    (output,) = model.predict([inputs["image"]], [out_size], trace=trace)
+    if "coarse_sem_seg" not in output:
+        raise ValueError(
+            "collect_subdivision draws the coarse prediction: build the model with "
+            "MODEL.POINTREND_SEM.OUTPUT_COARSE True."
+        )
+    image_size = trace.image_sizes[0]
     steps = [
-        _step_in_image(logits, coords[0], padded_size, image_size, out_size)
-        for coords, logits in records
+        _step_in_image(step.logits, step.point_coords[0], trace.padded_size, image_size, out_size)
+        for step in trace.steps
     ]
-    return {"coarse": labels(coarse[0]), "final": labels(refined[0]), "steps": steps}
+    return {
+        "coarse": output["coarse_sem_seg"].argmax(0).cpu().numpy(),
+        "final": output["sem_seg"].argmax(0).cpu().numpy(),
+        "steps": steps,
+    }
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -202,6 +214,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> None:
     """Parse ``argv``, run the model on the image and write the panels."""
     args = get_parser().parse_args(argv)
+    args.opts = list(args.opts) + FORCED_OPTS
     cfg = setup(args, log=False)
     model = build_model(cfg)
     model.eval()

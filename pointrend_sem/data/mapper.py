@@ -10,6 +10,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
 
+from ..modeling.binary import num_output_channels
 from .augmentations import build_test_augmentations, build_train_augmentations
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -97,7 +98,7 @@ class SemSegDatasetMapper:
 
     def _check_label(self, label: np.ndarray, file_name: str) -> None:
         # a one-class (binary) model has labels 0 = background, 1 = foreground
-        num_labels = None if self.num_classes is None else max(self.num_classes, 2)
+        num_labels = None if self.num_classes is None else num_output_channels(self.num_classes)
         if num_labels is None or label.max(initial=0) < num_labels:
             return
         values = np.unique(label)

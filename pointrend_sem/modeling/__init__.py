@@ -1,6 +1,7 @@
 """Model parts; importing this module registers them in detectron2's registries."""
 
 from .backbone import SizeMatchedFPN, build_pointrend_resnet_fpn_backbone, build_resnet
+from .binary import num_output_channels
 from .coarse_head import SizeMatchedSemSegFPNHead
 from .meta_arch import PointRendSemanticSegmentor, postprocess_logits
 from .point_head import SEM_SEG_POINT_HEAD_REGISTRY, MLPPointHead, build_point_head
@@ -10,12 +11,14 @@ from .point_sampling import (
     select_uncertain_grid_points,
 )
 from .pointrend_head import PointRendSemHead, cross_entropy_with_ignore
+from .subdivision_trace import SubdivisionStep, SubdivisionTrace
 
 __all__ = [
     "SizeMatchedFPN",
     "SizeMatchedSemSegFPNHead",
     "build_pointrend_resnet_fpn_backbone",
     "build_resnet",
+    "num_output_channels",
     "PointRendSemanticSegmentor",
     "postprocess_logits",
     "SEM_SEG_POINT_HEAD_REGISTRY",
@@ -26,4 +29,6 @@ __all__ = [
     "select_uncertain_grid_points",
     "PointRendSemHead",
     "cross_entropy_with_ignore",
+    "SubdivisionStep",
+    "SubdivisionTrace",
 ]

@@ -1,6 +1,8 @@
 """Coarse heads: predict class logits at a common stride from several feature maps.
 
-Shape shorthand in this module: N: images, C: classes, H_0 x W_0: size of the finest map.
+Shape shorthand in this module: N: images, C: classes predicted (logits per pixel; 1 for a
+one-logit binary model), C_f x H_f x W_f: one feature map, H_c x W_c: the finest map of
+``in_features``, at whose size the (coarse) logits are predicted.
 """
 
 from typing import Dict
@@ -46,10 +48,11 @@ class SizeMatchedSemSegFPNHead(SemSegFPNHead):
     def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
         """
         Args:
-            features: maps named by ``in_features``, finest first.
+            features: maps named by ``in_features``, each (N, C_f, H_f, W_f), finest first
+                (H_c x W_c).
 
         Returns:
-            (N, C, H_0, W_0) logits at the finest map's size.
+            (N, C, H_c, W_c) logits at the finest map's size.
         """
         x = self.scale_heads[0](features[self.in_features[0]])
         for name, head in zip(self.in_features[1:], self.scale_heads[1:]):

@@ -1,6 +1,13 @@
-"""Semantic segmentor that lets PointRend spend its points inside each image."""
+"""Semantic segmentor that lets PointRend spend its points inside each image.
 
-from typing import Dict, List, Optional, Tuple
+Shape shorthand in this module: N: images in a batch, C: classes predicted (logits per pixel;
+1 for a one-logit binary model, whose outputs have max(C, 2) = 2 channels, see
+:mod:`.binary`), H_i x W_i: image i as given to the model, H x W: the padded batch tensor,
+h x w: a logits grid over the padded batch (any stride), H_out x W_out: the size an image's
+outputs are returned at.
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -8,7 +15,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.structures import ImageList
 from torch.nn import functional as F
 
+from .binary import as_two_channels
 from .conv_norm_folding import fold_norms_in_inference
+from .subdivision_trace import SubdivisionTrace
 
 # TEST.OUTPUT_RESIZE values, see postprocess_logits
 OUTPUT_RESIZES = ("via_input", "direct")
@@ -26,9 +35,10 @@ def postprocess_logits(
 
     Args:
         logits: (C, h, w) logits covering the padded input of size ``padded_size`` at any stride.
-        padded_size: (H_pad, W_pad) of the padded batch tensor.
-        image_size: (H_img, W_img) of this image inside the padded tensor.
-        output_height, output_width: the size to return (the image's original size).
+        padded_size: (H, W) of the padded batch tensor.
+        image_size: (H_i, W_i) of this image inside the padded tensor, at its top left.
+        output_height, output_width: H_out, W_out, the size to return (the image's original
+            size).
         direct: False ("via_input", detectron2 and mmsegmentation): resize the logits to the
             padded input, crop the image, resize that to the output size (skipping resizes to
             the size a tensor already has). True ("direct", sssegmentation): crop the cells
@@ -36,7 +46,7 @@ def postprocess_logits(
             otherwise) and resize them to the output size in one bilinear step.
 
     Returns:
-        (C, output_height, output_width) logits.
+        (C, H_out, W_out) logits.
     """
     logits = logits.unsqueeze(0)
     if direct:
@@ -97,10 +107,10 @@ def train_crop_padding_from_config(cfg) -> Optional[Tuple[Tuple[int, int], bool]
 
 
 def pad_to_size(tensor: torch.Tensor, size, value: float, centered: bool) -> torch.Tensor:
-    """Pad a (..., h, w) tensor with ``value`` to (..., H, W), ``size`` = (H, W) >= (h, w).
+    """Pad a (..., H_i, W_i) tensor with ``value`` to (..., H, W), ``size`` = (H, W) >= (H_i, W_i).
 
     The image stays at the top left (mmsegmentation's ``stack_batch``), or is centred with
-    ``(H - h) // 2`` rows above and ``(W - w) // 2`` columns left of it (sssegmentation's
+    ``(H - H_i) // 2`` rows above and ``(W - W_i) // 2`` columns left of it (sssegmentation's
     ``Padding``).
     """
     extra_h, extra_w = size[0] - tensor.shape[-2], size[1] - tensor.shape[-1]
@@ -114,6 +124,8 @@ def pad_to_size(tensor: torch.Tensor, size, value: float, centered: bool) -> tor
 class PointRendSemanticSegmentor(SemanticSegmentor):
     """detectron2's :class:`SemanticSegmentor` with additions for PointRend heads:
 
+    * one inference entry, :meth:`predict`, which ``forward`` in eval mode, test-time
+      augmentation, the predictor and the tools call;
     * at inference the head learns which part of the padded batch each image covers, so
       subdivision points are not wasted on padding (a batch of differently sized images gives
       each image its full point budget);
@@ -125,6 +137,9 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
     * with ``MODEL.POINTREND_SEM.OUTPUT_COARSE`` it also returns the coarse prediction;
     * training batches can be padded to the crop size as mmsegmentation and sssegmentation
       pad them (``INPUT.TRAIN_PADDING``).
+
+    Training and inference prepare images the same way: :meth:`normalize_images`, then
+    :meth:`pad_images` (channels-last with ``MODEL.CHANNELS_LAST``).
     """
 
     @configurable
@@ -144,9 +159,9 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             output_coarse: also return "coarse_sem_seg".
             sliding_window: ((crop_h, crop_w), (stride_h, stride_w)), or None for whole-image
                 inference.
-            channels_last: keep conv weights and feature maps in channels-last (NHWC) memory
-                layout, which oneDNN (CPU) and cuDNN run faster; values are unchanged up to
-                float rounding.
+            channels_last: keep conv weights (hence feature maps) and the padded input batch, in
+                training and in inference, in channels-last (NHWC) memory layout, which oneDNN
+                (CPU) and cuDNN run faster; values are unchanged up to float rounding.
             fold_norms: in inference, fold batch norms into the preceding convolutions
                 (:mod:`.conv_norm_folding`); values are unchanged up to float rounding.
             output_resize: how logits come back to the original size, "via_input" or
@@ -184,23 +199,26 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             ret["sliding_window"] = (tuple(window.CROP_SIZE), tuple(window.STRIDE))
         return ret
 
-    def normalize_images(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
-        """Each input's "image" on the model's device, normalized: (3, H_i, W_i) float."""
-        return [
-            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
-        ]
+    def normalize_images(self, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Images in the input format (``INPUT.FORMAT``, values 0-255), each (3, H_i, W_i) of
+        any dtype on any device -> float (3, H_i, W_i) on the model's device, normalized with
+        ``pixel_mean`` and ``pixel_std``."""
+        return [(image.to(self.device) - self.pixel_mean) / self.pixel_std for image in images]
 
     def pad_images(self, images: List[torch.Tensor]) -> ImageList:
-        """Normalized images padded into one (N, 3, H_pad, W_pad) ImageList."""
-        return ImageList.from_tensors(
+        """Normalized (3, H_i, W_i) images padded with 0 at the bottom/right into one
+        (N, 3, H, W) ImageList (H, W: the largest image's size rounded up to the backbone's
+        size divisibility), in channels-last memory layout when ``channels_last``."""
+        batch = ImageList.from_tensors(
             images,
             self.backbone.size_divisibility,
             padding_constraints=self.backbone.padding_constraints,
         )
-
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        """Normalize and pad the images of a batch into one (N, 3, H_pad, W_pad) ImageList."""
-        return self.pad_images(self.normalize_images(batched_inputs))
+        if self.channels_last:
+            batch = ImageList(
+                batch.tensor.contiguous(memory_format=torch.channels_last), batch.image_sizes
+            )
+        return batch
 
     def training_losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         """Losses of a training batch. Normalized images and labels are padded bottom/right to
@@ -213,7 +231,7 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         Returns:
             dict of scalar losses.
         """
-        images = self.normalize_images(batched_inputs)
+        images = self.normalize_images([x["image"] for x in batched_inputs])
         targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
         ignore_value = self.sem_seg_head.ignore_value
         if self.train_crop_padding is not None:
@@ -237,64 +255,106 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
     def forward(self, batched_inputs: List[Dict]):
         """
         Args:
-            batched_inputs: dicts with "image" (3, H, W) in the input format, "sem_seg" (H, W)
-                long labels for training, and optionally "height", "width" (output size).
+            batched_inputs: dicts with "image" (3, H_i, W_i) in the input format, "sem_seg"
+                (H_i, W_i) long labels for training, and optionally "height", "width" (the
+                output size H_out x W_out, default H_i x W_i).
 
         Returns:
             training: dict of losses.
-            inference: one dict per image with "sem_seg" (C, height, width) logits, and
-            "coarse_sem_seg" likewise when ``output_coarse``. A one-class (binary) model
-            returns two channels, (0, foreground logit), so that argmax gives 1 = foreground.
+            inference: :meth:`predict`'s outputs.
         """
         if self.training:
             return self.training_losses(batched_inputs)
-        images = self.normalize_images(batched_inputs)
+        images = [x["image"] for x in batched_inputs]
         output_sizes = [
             (x.get("height", image.shape[-2]), x.get("width", image.shape[-1]))
             for x, image in zip(batched_inputs, images)
         ]
-        if self.sliding_window is None:
-            predictions = self.predict_images(images, output_sizes)
-        else:
-            predictions = [self.predict_sliding(image) for image in images]
+        return self.predict(images, output_sizes)
 
-        results = []
-        for (height, width), logits in zip(output_sizes, predictions):
-            result = {}
-            for key, value in logits.items():
-                if value.shape[0] == 1:  # binary model: (background 0, foreground logit)
-                    value = torch.cat([torch.zeros_like(value), value])
-                if tuple(value.shape[-2:]) != (height, width):
-                    value = F.interpolate(
-                        value[None], size=(height, width), mode="bilinear", align_corners=False
-                    )[0]
-                result[key] = value
-            results.append(result)
-        return results
-
-    def predict_images(
-        self, images: List[torch.Tensor], output_sizes: Optional[List[Tuple[int, int]]] = None
+    def predict(
+        self,
+        images: Sequence[torch.Tensor],
+        output_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+        trace: Optional[SubdivisionTrace] = None,
     ) -> List[Dict[str, torch.Tensor]]:
-        """Logits of normalized images, each (3, H_i, W_i), batched with padding.
+        """The model's inference: every prediction (``forward`` in eval mode, test-time
+        augmentation, :class:`~pointrend_sem.predictor.SemSegPredictor`, the tools) comes
+        from here.
+
+        Images are normalized (:meth:`normalize_images`) and predicted as one padded batch
+        (:meth:`pad_images`), or each from sliding windows when ``sliding_window`` is set.
+        Call it in eval mode; it does not change autograd's mode (wrap it in
+        ``torch.no_grad()``).
+
+        Args:
+            images: N images in the input format (``INPUT.FORMAT``, values 0-255, not
+                normalized), each (3, H_i, W_i), any dtype, on any device.
+            output_sizes: (H_out, W_out) to return each image's outputs at (e.g. the size of the
+                original image before a test resize); default (H_i, W_i).
+            trace: an empty :class:`SubdivisionTrace` to record the subdivision steps of the
+                batch in (whole-image inference only).
+
+        Returns:
+            per image, "sem_seg": (max(C, 2), H_out, W_out) logits, and "coarse_sem_seg"
+            likewise when ``output_coarse``. A one-logit (binary) model returns two channels,
+            (0, foreground logit), so that argmax gives 1 = foreground (:mod:`.binary`).
+
+        Raises:
+            ValueError: ``output_sizes`` does not give one size per image; a ``trace`` that is
+                not empty, or with sliding-window inference.
+        """
+        normalized = self.normalize_images(images)
+        if output_sizes is None:
+            output_sizes = [tuple(image.shape[-2:]) for image in normalized]
+        elif len(output_sizes) != len(normalized):
+            raise ValueError(
+                f"predict got {len(normalized)} images but {len(output_sizes)} output sizes."
+            )
+        if trace is not None and (trace.steps or self.sliding_window is not None):
+            raise ValueError(
+                "A SubdivisionTrace records one whole-image prediction: pass a new one, and set "
+                "TEST.SLIDING_WINDOW.ENABLED False to trace a sliding-window model."
+            )
+        if self.sliding_window is None:
+            predictions = self._predict_whole(normalized, output_sizes, trace)
+        else:
+            predictions = [
+                self._predict_sliding(image, size) for image, size in zip(normalized, output_sizes)
+            ]
+        return [
+            {key: as_two_channels(logits, dim=0) for key, logits in prediction.items()}
+            for prediction in predictions
+        ]
+
+    def _predict_whole(
+        self,
+        images: List[torch.Tensor],
+        output_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+        trace: Optional[SubdivisionTrace] = None,
+    ) -> List[Dict[str, torch.Tensor]]:
+        """Logits of normalized images batched with padding: :meth:`predict`'s whole-image
+        inference.
 
         Args:
             images: normalized (3, H_i, W_i) images.
-            output_sizes: (height_i, width_i) to return each image's logits at (by
+            output_sizes: (H_out, W_out) to return each image's logits at (by
                 :func:`postprocess_logits` with ``output_resize``); default (H_i, W_i).
+            trace: see :meth:`predict`; its ``padded_size`` and ``image_sizes`` are set here.
 
         Returns:
             per image, "sem_seg" (and "coarse_sem_seg" when ``output_coarse``):
-            (C, height_i, width_i).
+            (C, H_out, W_out).
         """
         batch = self.pad_images(images)
-        tensor = batch.tensor
-        if self.channels_last:
-            tensor = tensor.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(tensor)
-        padded_size = tuple(tensor.shape[-2:])
+        features = self.backbone(batch.tensor)
+        padded_size = tuple(batch.tensor.shape[-2:])
         sizes = torch.tensor(batch.image_sizes, dtype=torch.float32, device=self.device)
         valid_fraction = sizes / torch.tensor(padded_size, dtype=torch.float32, device=self.device)
-        refined, coarse = self.sem_seg_head.inference(features, valid_fraction)
+        if trace is not None:
+            trace.padded_size = padded_size
+            trace.image_sizes = [tuple(size) for size in batch.image_sizes]
+        refined, coarse = self.sem_seg_head.inference(features, valid_fraction, trace)
         direct = self.output_resize == "direct"
         outputs = []
         for i, size in enumerate(batch.image_sizes):
@@ -310,18 +370,34 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             )
         return outputs
 
-    def predict_sliding(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Logits of one normalized (3, H, W) image from overlapping windows, averaged where
-        they overlap; each window is a whole-image PointRend inference."""
+    def _predict_sliding(
+        self, image: torch.Tensor, output_size: Tuple[int, int]
+    ) -> Dict[str, torch.Tensor]:
+        """Logits of one normalized (3, H_i, W_i) image from overlapping windows (each a
+        whole-image inference, :meth:`_predict_whole`), averaged where they overlap, then
+        resized (bilinear) to ``output_size`` (H_out, W_out): :meth:`predict`'s sliding-window
+        inference.
+
+        Returns:
+            "sem_seg" (and "coarse_sem_seg" when ``output_coarse``): (C, H_out, W_out).
+        """
         (crop_size, stride), (height, width) = self.sliding_window, image.shape[-2:]
         windows = sliding_windows(height, width, crop_size, stride)
         sums: Dict[str, torch.Tensor] = {}
         count = image.new_zeros((height, width))
         for y1, y2, x1, x2 in windows:
-            (logits,) = self.predict_images([image[:, y1:y2, x1:x2]])
+            (logits,) = self._predict_whole([image[:, y1:y2, x1:x2]])
             for key, value in logits.items():
                 if key not in sums:
                     sums[key] = value.new_zeros((value.shape[0], height, width))
                 sums[key][:, y1:y2, x1:x2] += value
             count[y1:y2, x1:x2] += 1
-        return {key: total / count for key, total in sums.items()}
+        outputs = {}
+        for key, total in sums.items():
+            mean = total / count
+            if tuple(mean.shape[-2:]) != tuple(output_size):
+                mean = F.interpolate(
+                    mean[None], size=tuple(output_size), mode="bilinear", align_corners=False
+                )[0]
+            outputs[key] = mean
+        return outputs

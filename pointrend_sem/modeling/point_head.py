@@ -1,7 +1,8 @@
 """Point heads: predict class logits at points from point-wise features.
 
 Shape shorthand in this module: N: images, P: points per image, C_fine: channels of the
-fine-grained features, C: classes.
+fine-grained point features, C: classes predicted (logits per point; 1 for a one-logit binary
+model), C_in / C_out: channels into / out of one layer.
 """
 
 from typing import List, Optional
@@ -17,9 +18,9 @@ from torch.nn import functional as F
 SEM_SEG_POINT_HEAD_REGISTRY = Registry("SEM_SEG_POINT_HEAD")
 SEM_SEG_POINT_HEAD_REGISTRY.__doc__ = """
 Registry for the point heads of pointrend-sem. A point head is called as
-``head(fine_grained_features, coarse_logits)`` with (N, C_fine, P) and (N, num_classes, P)
-tensors and returns (N, num_classes, P) logits at the P points. It is built with
-``head(cfg, fine_grained_channels)``.
+``head(fine_grained_features, coarse_logits)`` with (N, C_fine, P) and (N, C, P) tensors and
+returns (N, C, P) logits at the P points. It is built with ``head(cfg, fine_grained_channels)``
+(C_fine), C being ``cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES``.
 """
 
 # Initialisation schemes of the heads' layers (MODEL.POINTREND_SEM.HEAD_INIT)
@@ -85,7 +86,7 @@ class MLPPointHead(nn.Module):
         Args:
             fine_grained_channels: C_fine, channels of the fine-grained features (summed over
                 maps).
-            num_classes: number of predicted classes.
+            num_classes: C, logits predicted per point.
             fc_dims: width of each hidden layer.
             coarse_pred_each_layer: see the class docstring.
             fc_norm: norm after each hidden layer ("" = none; a name for

@@ -1,8 +1,14 @@
 """Where PointRend looks: uncertainty of logits and the choice of points.
 
-Coordinates are normalized to [0, 1] x [0, 1] over the (padded) batch tensor, (x, y) order, as
+Shape shorthand in this module: N: images, C: classes predicted (logits per pixel; 1 for a
+one-logit binary model), H_c x W_c: the coarse logits' grid, H x W: any logits grid (in
+subdivision, the grid of the current step), P: points per image.
+
+Point coordinates are (x, y), normalized to [0, 1] x [0, 1] over the padded batch tensor, as
 detectron2's ``point_sample`` expects.
 """
+
+from typing import Optional, Tuple
 
 import torch
 from detectron2.projects.point_rend.point_features import (
@@ -10,12 +16,14 @@ from detectron2.projects.point_rend.point_features import (
     get_uncertain_point_coords_with_randomness,
 )
 
+from .binary import is_one_logit, one_logit_uncertainty
+
 
 def calculate_uncertainty(logits: torch.Tensor) -> torch.Tensor:
     """Uncertainty of per-class logits: minus the margin between the two highest logits.
 
-    With one class (a binary model predicting a single logit) the margin to the decision
-    boundary, ``-|logit|``, is used instead.
+    A one-logit (binary) model uses the margin to the decision boundary instead
+    (:func:`.binary.one_logit_uncertainty`).
 
     Args:
         logits: (N, C, ...) class logits, C >= 1.
@@ -23,8 +31,8 @@ def calculate_uncertainty(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         (N, 1, ...) uncertainty, highest where the prediction is least certain.
     """
-    if logits.shape[1] == 1:
-        return -logits.abs()
+    if is_one_logit(logits):
+        return one_logit_uncertainty(logits)
     top2 = torch.topk(logits, k=2, dim=1).values
     return (top2[:, 1] - top2[:, 0]).unsqueeze(1)
 
@@ -35,20 +43,20 @@ def sample_training_points(
     oversample_ratio: float,
     importance_sample_ratio: float,
 ) -> torch.Tensor:
-    """Training points: the beta * N most uncertain of k * N random candidates, plus
-    (1 - beta) * N uniformly random points (PointRend paper, Sec. 3.1).
+    """Training points: the beta * P most uncertain of k * P random candidates, plus
+    (1 - beta) * P uniformly random points (PointRend paper, Sec. 3.1).
 
     Uncertainty is computed from the coarse logits interpolated at each candidate, not from the
     coarse grid. Randomness comes from torch's global generator (``torch.manual_seed`` seeds it).
 
     Args:
-        coarse_logits: (N, C, Hc, Wc) coarse logits.
-        num_points: N, points per image.
+        coarse_logits: (N, C, H_c, W_c) coarse logits.
+        num_points: P, points per image.
         oversample_ratio: k >= 1.
         importance_sample_ratio: beta in [0, 1].
 
     Returns:
-        (N, num_points, 2) point coordinates in [0, 1].
+        (N, P, 2) point coordinates in [0, 1].
     """
     return get_uncertain_point_coords_with_randomness(
         coarse_logits, calculate_uncertainty, num_points, oversample_ratio, importance_sample_ratio
@@ -56,13 +64,13 @@ def sample_training_points(
 
 
 def select_uncertain_grid_points(
-    logits: torch.Tensor, num_points: int, valid_fraction: torch.Tensor = None
-):
+    logits: torch.Tensor, num_points: int, valid_fraction: Optional[torch.Tensor] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Inference points: the ``num_points`` most uncertain cells of the logits' grid.
 
     Args:
         logits: (N, C, H, W) logits on a regular grid over the padded batch.
-        num_points: M; ``min(M, H * W)`` points are returned.
+        num_points: M; P = ``min(M, H * W)`` points are returned.
         valid_fraction: optional (N, 2) float tensor, the fraction (height, width) of the padded
             batch that each image really covers. Cells outside it (padding) are chosen last, so
             the point budget is spent on the image.

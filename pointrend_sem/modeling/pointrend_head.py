@@ -1,4 +1,12 @@
-"""The PointRend semantic segmentation head: a coarse head refined by a point head."""
+"""The PointRend semantic segmentation head: a coarse head refined by a point head.
+
+Shape shorthand in this module: N: images, C: classes predicted (logits per pixel; 1 for a
+one-logit binary model), H x W: the padded input batch, C_f x H_f x W_f: one backbone feature
+map, C_fine: channels of the fine-grained point features (summed over ``in_features``),
+H_c x W_c: the coarse logits' grid, S: subdivision steps, H_k x W_k: the grid of step k,
+(H_c * 2^k) x (W_c * 2^k), M: points asked for per step, P: points per image (training points,
+or the ``min(M, H_k * W_k)`` cells re-predicted at a step).
+"""
 
 from typing import Dict, List, Optional, Tuple
 
@@ -10,9 +18,11 @@ from detectron2.projects.point_rend.point_features import point_sample
 from torch import nn
 from torch.nn import functional as F
 
+from .binary import is_one_logit, one_logit_loss_sum
 from .coarse_head import init_coarse_head_
 from .point_head import build_point_head
 from .point_sampling import sample_training_points, select_uncertain_grid_points
+from .subdivision_trace import SubdivisionTrace
 
 
 def cross_entropy_with_ignore(
@@ -20,23 +30,19 @@ def cross_entropy_with_ignore(
 ) -> torch.Tensor:
     """Cross-entropy that stays finite when every target is ignored.
 
-    With one class (C == 1, a binary model), the single logit is the foreground's: binary
-    cross-entropy with target 1 = foreground, 0 = background.
+    A one-logit (binary) model gets binary cross-entropy, target 1 = foreground, 0 = background
+    (:func:`.binary.one_logit_loss_sum`).
 
     Args:
-        logits: (N, C, ...) logits.
+        logits: (N, C, ...) logits ("...": H x W pixels, or P points).
         targets: (N, ...) long class indices, ``ignore_value`` where ignored.
         avg_non_ignore: average over non-ignored targets (True) or over all targets (False).
 
     Returns:
         scalar loss; zero (with gradient) when all targets are ignored.
     """
-    if logits.shape[1] == 1:
-        valid = targets != ignore_value
-        per_pixel = F.binary_cross_entropy_with_logits(
-            logits[:, 0], (targets == 1).to(logits.dtype), reduction="none"
-        )
-        loss = (per_pixel * valid).sum()
+    if is_one_logit(logits):
+        loss = one_logit_loss_sum(logits, targets, ignore_value)
     else:
         loss = F.cross_entropy(logits, targets, ignore_index=ignore_value, reduction="sum")
     if avg_non_ignore:
@@ -52,8 +58,8 @@ def write_point_logits_(
     """Overwrite, in place, the logits of the cells ``point_indices`` with ``point_logits``.
 
     Args:
-        logits: (N, C, H, W) logits, contiguous or channels-last.
-        point_indices: (N, P) flat indices into the H x W grid.
+        logits: (N, C, H_k, W_k) logits of a subdivision step, contiguous or channels-last.
+        point_indices: (N, P) flat indices into the H_k x W_k grid.
         point_logits: (N, C, P) new logits.
     """
     n, c, h, w = logits.shape
@@ -73,6 +79,11 @@ class PointRendSemHead(nn.Module):
     A coarse head predicts logits at ``common_stride``; a point head re-predicts logits at
     selected points from fine-grained features sampled at those points and the coarse logits
     there. Training selects points by importance sampling, inference by adaptive subdivision.
+
+    Contract: ``forward(features, targets) -> (None, losses)`` is detectron2's
+    :class:`SemanticSegmentor` head contract on its training side (the one side
+    :class:`~.meta_arch.PointRendSemanticSegmentor` uses); predictions come from
+    :meth:`inference`, which :meth:`~.meta_arch.PointRendSemanticSegmentor.predict` calls.
 
     Attribute names (``coarse_sem_seg_head``, ``point_head``) follow detectron2's
     ``PointRendSemSegHead`` so its checkpoints load without renaming.
@@ -97,12 +108,13 @@ class PointRendSemHead(nn.Module):
     ):
         """
         Args:
-            coarse_sem_seg_head: has ``layers(features) -> (N, C, H / s, W / s)`` logits.
+            coarse_sem_seg_head: has ``layers(features) -> (N, C, H_c, W_c)`` logits at its
+                ``common_stride`` s (H_c = H / s for a padded H divisible by s).
             point_head: called as ``point_head(fine (N, C_fine, P), coarse (N, C, P))``.
             in_features: feature maps the fine-grained point features are sampled from.
             ignore_value: label ignored by both losses.
-            train_num_points, oversample_ratio, importance_sample_ratio: N, k and beta of
-                training point selection.
+            train_num_points, oversample_ratio, importance_sample_ratio: P, k and beta of
+                training point selection (:func:`.point_sampling.sample_training_points`).
             subdivision_steps, subdivision_num_points: S and M of adaptive subdivision.
             coarse_loss_weight, point_loss_weight: loss weights.
             loss_avg_non_ignore: see :func:`cross_entropy_with_ignore`.
@@ -149,26 +161,27 @@ class PointRendSemHead(nn.Module):
         }
 
     def forward(
-        self,
-        features: Dict[str, torch.Tensor],
-        targets: Optional[torch.Tensor] = None,
-        valid_fraction: Optional[torch.Tensor] = None,
-    ):
-        """
+        self, features: Dict[str, torch.Tensor], targets: torch.Tensor
+    ) -> Tuple[None, Dict[str, torch.Tensor]]:
+        """The losses, in detectron2's :class:`SemanticSegmentor` head contract.
+
         Args:
             features: backbone feature maps, each (N, C_f, H_f, W_f).
-            targets: (N, H, W) long labels at the padded input size (training only).
-            valid_fraction: (N, 2) fraction of the padded height and width covered by each
-                image (inference only; see :func:`select_uncertain_grid_points`).
+            targets: (N, H, W) long labels at the padded input size.
 
         Returns:
-            training: ``(None, {"loss_sem_seg": ..., "loss_sem_seg_point": ...})``.
-            inference: ``(refined logits (N, C, H_c * 2^S, W_c * 2^S), {})``.
+            ``(None, {"loss_sem_seg": ..., "loss_sem_seg_point": ...})``, scalars.
+
+        Raises:
+            ValueError: without targets: predictions come from :meth:`inference`.
         """
-        if self.training:
-            return None, self.losses(features, targets)
-        refined, _ = self.inference(features, valid_fraction)
-        return refined, {}
+        if targets is None:
+            raise ValueError(
+                "PointRendSemHead.forward(features, targets) computes the losses; predictions "
+                "come from PointRendSemHead.inference(features, valid_fraction), which "
+                "PointRendSemanticSegmentor.predict calls."
+            )
+        return None, self.losses(features, targets)
 
     def point_logits(
         self,
@@ -176,7 +189,17 @@ class PointRendSemHead(nn.Module):
         coarse_logits: torch.Tensor,
         point_coords: torch.Tensor,
     ) -> torch.Tensor:
-        """Point head prediction at ``point_coords`` (N, P, 2) -> (N, C, P) logits."""
+        """Point head prediction at points.
+
+        Args:
+            features: backbone feature maps, each (N, C_f, H_f, W_f); those of ``in_features``
+                are sampled (C_fine channels in all).
+            coarse_logits: (N, C, H_c, W_c), sampled too.
+            point_coords: (N, P, 2) (x, y) in [0, 1] over the padded batch.
+
+        Returns:
+            (N, C, P) logits.
+        """
         fine_grained = torch.cat(
             [
                 point_sample(features[f], point_coords, align_corners=False)
@@ -188,7 +211,15 @@ class PointRendSemHead(nn.Module):
         return self.point_head(fine_grained, coarse_at_points)
 
     def losses(self, features: Dict[str, torch.Tensor], targets: torch.Tensor):
-        """Coarse loss over all pixels plus point loss at the sampled points."""
+        """Coarse loss over all pixels plus point loss at the sampled points.
+
+        Args:
+            features: backbone feature maps, each (N, C_f, H_f, W_f).
+            targets: (N, H, W) long labels at the padded input size.
+
+        Returns:
+            "loss_sem_seg" and "loss_sem_seg_point", weighted scalars.
+        """
         coarse_logits = self.coarse_sem_seg_head.layers(features)
         upsampled = F.interpolate(
             coarse_logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False
@@ -226,18 +257,20 @@ class PointRendSemHead(nn.Module):
         self,
         features: Dict[str, torch.Tensor],
         valid_fraction: Optional[torch.Tensor] = None,
-        record_points: Optional[list] = None,
+        trace: Optional[SubdivisionTrace] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Adaptive subdivision.
+        """Predictions by adaptive subdivision: the head's inference contract.
 
         Each of S steps upsamples the logits x2 (bilinear), picks the M most uncertain grid
         cells, and overwrites their logits with the point head's prediction.
 
         Args:
-            features: backbone feature maps.
-            valid_fraction: (N, 2), see :func:`select_uncertain_grid_points`.
-            record_points: if a list is given, ``(point_coords (N, P, 2), uncertainty grid
-                logits (N, C, H, W))`` of each step are appended to it (for visualisation).
+            features: backbone feature maps of the padded batch, each (N, C_f, H_f, W_f).
+            valid_fraction: (N, 2) fraction (height, width) of the padded batch covered by each
+                image; its padding gets points last (see :func:`select_uncertain_grid_points`).
+                None: the images fill the batch.
+            trace: if given, each step is appended to ``trace.steps``
+                (:meth:`SubdivisionTrace.add_step`).
 
         Returns:
             refined: (N, C, H_c * 2^S, W_c * 2^S) logits.
@@ -250,8 +283,8 @@ class PointRendSemHead(nn.Module):
             point_indices, point_coords = select_uncertain_grid_points(
                 logits, self.subdivision_num_points, valid_fraction
             )
-            if record_points is not None:
-                record_points.append((point_coords, logits))
             point_logits = self.point_logits(features, coarse_logits, point_coords)
+            if trace is not None:
+                trace.add_step(logits, point_indices, point_coords, point_logits)
             write_point_logits_(logits, point_indices, point_logits)
         return logits, coarse_logits
