@@ -12,7 +12,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, hooks, launch
 
 from pointrend_sem.data.datasets import check_dataset_ready, register_from_file
-from pointrend_sem.engine import Trainer, check_weights_file, setup
+from pointrend_sem.engine import (
+    Trainer,
+    check_weights_file,
+    checkpoint_to_read,
+    explain_unreadable_checkpoint,
+    merge_results,
+    setup,
+)
+from pointrend_sem.errors import main_with_one_line_errors
 
 
 def main(args):
@@ -27,12 +35,14 @@ def main(args):
         check_weights_file(cfg.MODEL.WEIGHTS)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        with explain_unreadable_checkpoint(
+            *checkpoint_to_read(checkpointer, cfg.MODEL.WEIGHTS, args.resume)
+        ):
+            checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
-            results.update(Trainer.test_with_TTA(cfg, model))
+            merge_results(results, Trainer.test_with_TTA(cfg, model))
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -55,7 +65,9 @@ def argument_parser():
 
 if __name__ == "__main__":
     args = argument_parser().parse_args()
-    launch(
+    # A user error (missing file, unknown key, ...) ends with one line "error: ..." on stderr,
+    # also when raised in a process that launch() started; other errors keep their traceback.
+    main_with_one_line_errors(launch)(
         main,
         args.num_gpus,
         num_machines=args.num_machines,

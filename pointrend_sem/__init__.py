@@ -6,6 +6,7 @@ Importing this package registers its backbone, heads, meta-architecture and data
 from . import data  # noqa: F401  (registers datasets)
 from . import modeling  # noqa: F401  (registers model parts)
 from .config import add_pointrend_sem_config
+from .errors import UserError, main_with_one_line_errors
 
-__all__ = ["add_pointrend_sem_config"]
+__all__ = ["add_pointrend_sem_config", "UserError", "main_with_one_line_errors"]
 __version__ = "0.1.0"

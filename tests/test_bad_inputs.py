@@ -1,5 +1,6 @@
 """What users feed the tool by mistake: each case gets a clear one-line error naming the file or
-config key and the fix, or is handled correctly.
+config key and the fix (``error: ...`` on stderr, no traceback, unless POINTREND_SEM_DEBUG=1), or
+is handled correctly.
 
 Cases covered in other files: corrupt image, image/label size mismatch, label values out of
 range, RGB label files (test_data.py); empty split and unknown dataset names
@@ -8,6 +9,7 @@ not reach stride 1 and a batch whose points are all ignored (test_pointrend_head
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -23,30 +25,57 @@ from PIL import Image
 
 from pointrend_sem.data import SemSegDatasetMapper
 from pointrend_sem.data.datasets import check_dataset_ready
-from pointrend_sem.engine import check_weights_file, setup
+from pointrend_sem.engine import check_weights_file, explain_unreadable_checkpoint, setup
+from pointrend_sem.engine.setup import checkpoint_read_problem
+from pointrend_sem.errors import (
+    DEBUG_ENV,
+    UserError,
+    UserFileNotFoundError,
+    UserKeyError,
+    UserValueError,
+    main_with_one_line_errors,
+    one_line,
+)
 
 
 def setup_args(config="configs/demo_synthetic.yaml", opts=()):
     return argparse.Namespace(config_file=os.path.join(REPO_ROOT, config), opts=list(opts))
 
 
-def run_train_net(tmp_path, *args):
+def child_env(tmp_path, debug=False):
+    """This environment with the datasets under ``tmp_path``; tracebacks only with ``debug``."""
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+    env.pop(DEBUG_ENV, None)
+    if debug:
+        env[DEBUG_ENV] = "1"
+    return env
+
+
+def run_train_net(tmp_path, *args, debug=False):
     cmd = [sys.executable, "train_net.py", *args]
-    return run_command(cmd, env=env)
+    return run_command(cmd, env=child_env(tmp_path, debug))
 
 
 def last_line(text):
     return text.strip().splitlines()[-1]
 
 
+def assert_one_line_error(proc, *names):
+    """``proc`` failed with one ``error: ...`` line naming each of ``names``, no traceback."""
+    assert proc.returncode != 0
+    line = last_line(proc.stderr)
+    assert line.startswith("error: "), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for name in names:
+        assert name in line, line
+    return line
+
+
 def test_missing_dataset_root_names_path_variable_and_prepare_command(tmp_path):
     proc = run_train_net(
         tmp_path, "--config-file", "configs/voc_r50.yaml", "OUTPUT_DIR", str(tmp_path / "out")
     )
-    assert proc.returncode != 0
-    line = last_line(proc.stderr)
-    assert "FileNotFoundError" in line and "VOCdevkit" in line
+    line = assert_one_line_error(proc, "VOCdevkit")
     assert "DETECTRON2_DATASETS" in line and "python datasets/prepare_voc.py" in line
 
 
@@ -83,6 +112,7 @@ def test_missing_weights_file_is_named(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "MODEL.WEIGHTS" in last_line(proc.stderr) and missing in last_line(proc.stderr)
+    assert_one_line_error(proc, "MODEL.WEIGHTS", missing)
 
 
 def test_checkpoint_for_another_number_of_classes_reports_skipped_head_weights(tmp_path, caplog):
@@ -178,3 +208,194 @@ def test_binary_labels_pass_the_label_check(tmp_path):
     record = {"file_name": image, "sem_seg_file_name": label}
     write_image(tmp_path / "image.png", np.zeros((8, 4, 3), np.uint8))
     assert set(mapper(record)["sem_seg"].unique().tolist()) == {0, 1, 255}
+
+
+# --- one-line errors -----------------------------------------------------------------------
+
+DEMO = ["--config-file", "configs/demo_synthetic.yaml"]
+
+
+def truncated_checkpoint(tmp_path):
+    """The first 100 bytes of a real checkpoint, as an interrupted download leaves it."""
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:100])
+    return str(path)
+
+
+@pytest.mark.parametrize("eval_only", [True, False], ids=["eval_only", "train"])
+def test_truncated_checkpoint_is_named_in_one_line(tmp_path, eval_only):
+    weights = truncated_checkpoint(tmp_path)
+    flags = ["--eval-only"] if eval_only else []
+    opts = ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "1"]
+    proc = run_train_net(tmp_path, *DEMO, *flags, *opts)
+    line = assert_one_line_error(proc, weights, "MODEL.WEIGHTS")
+    assert "tools/convert_weights.py" in line
+
+
+def test_debug_switch_brings_the_traceback_back(tmp_path):
+    missing = str(tmp_path / "nope.pth")
+    opts = ["--eval-only", "MODEL.WEIGHTS", missing, "OUTPUT_DIR", str(tmp_path / "out")]
+    proc = run_train_net(tmp_path, *DEMO, *opts, debug=True)
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr
+    assert last_line(proc.stderr).startswith("pointrend_sem.errors.UserFileNotFoundError: ")
+
+
+def test_unknown_config_key_on_the_command_line_is_one_line_with_close_matches(tmp_path):
+    proc = run_train_net(tmp_path, *DEMO, "MODEL.POINTREND_SEM.SUBDIVISION_NUM_POINT", "5")
+    assert_one_line_error(
+        proc,
+        "MODEL.POINTREND_SEM.SUBDIVISION_NUM_POINT ",
+        "MODEL.POINTREND_SEM.SUBDIVISION_NUM_POINTS",
+    )
+
+
+def test_empty_custom_dataset_is_one_line_naming_the_extensions(tmp_path):
+    (tmp_path / "datasets" / "gifs" / "images").mkdir(parents=True)
+    (tmp_path / "datasets" / "gifs" / "labels").mkdir()
+    (tmp_path / "datasets" / "gifs" / "images" / "a.gif").write_bytes(b"GIF89a")
+    entry = {"name": "gifs_val", "image_dir": "gifs/images", "label_dir": "gifs/labels"}
+    datasets_file = tmp_path / "gifs.json"
+    datasets_file.write_text(json.dumps(dict(entry, classes=["a", "b", "c", "d", "e"])))
+    opts = ["--datasets-file", str(datasets_file), "DATASETS.TEST", "('gifs_val',)"]
+    proc = run_train_net(tmp_path, *DEMO, "--eval-only", *opts)
+    assert_one_line_error(proc, "gifs_val", "1 .gif", ".png", "image_ext")
+
+
+def test_user_error_in_a_process_of_launch_is_one_line(tmp_path):
+    """With several processes the error is raised in a child: its line still comes back."""
+    missing = str(tmp_path / "nope.pth")
+    opts = ["--num-gpus", "2", "--dist-url", "auto", "--eval-only", "MODEL.WEIGHTS", missing]
+    proc = run_train_net(tmp_path, *DEMO, *opts, "OUTPUT_DIR", str(tmp_path / "out"))
+    assert_one_line_error(proc, "MODEL.WEIGHTS", missing)
+
+
+@pytest.mark.parametrize(
+    "opts, expected",
+    [
+        (
+            ["SOLVER.MAX_ITER", "abc"],
+            "SOLVER.MAX_ITER in the command line takes a value of type int",
+        ),
+        (["SOLVER", "1"], "SOLVER in the command line is a group of keys"),
+        (["SOLVER.MAX_ITER"], "must be KEY VALUE pairs"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_explained(opts, expected):
+    with pytest.raises(UserValueError, match=expected):
+        setup(setup_args(opts=opts), log=False)
+
+
+def test_config_file_with_bad_yaml_or_missing_base_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("MODEL: [\n")
+    with pytest.raises(UserValueError, match=f"Config file {bad} is not valid YAML"):
+        setup(setup_args(config=str(bad)), log=False)
+    child = tmp_path / "child.yaml"
+    child.write_text("_BASE_: Base-nope.yaml\n")
+    with pytest.raises(UserFileNotFoundError, match="Base-nope.yaml .*_BASE_"):
+        setup(setup_args(config=str(child)), log=False)
+
+
+def test_checkpoint_read_problem_says_why(tmp_path):
+    good = tmp_path / "good.pth"
+    torch.save({"model": {"w": torch.zeros(3)}}, good)
+    assert checkpoint_read_problem(str(good)) is None
+    assert "zip archive" in checkpoint_read_problem(truncated_checkpoint(tmp_path))
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    assert "ends too early" in checkpoint_read_problem(str(empty))
+    text = tmp_path / "notes.pkl"
+    text.write_text("not a pickle")
+    assert checkpoint_read_problem(str(text)) is not None
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"model": {"w": np.zeros(3)}, "meta": argparse.Namespace()}, pickled)
+    assert "pickled Python objects" in checkpoint_read_problem(str(pickled))
+
+
+def test_explain_unreadable_checkpoint_passes_other_errors(tmp_path):
+    weights = truncated_checkpoint(tmp_path)
+    with pytest.raises(UserValueError, match=f"Cannot read the checkpoint {weights}"):
+        with explain_unreadable_checkpoint(weights):
+            torch.load(weights)
+    good = tmp_path / "good.pth"
+    torch.save({}, good)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # the file reads fine: not its fault
+        with explain_unreadable_checkpoint(str(good)):
+            raise RuntimeError("size mismatch")
+
+
+def test_user_errors_are_the_builtin_errors_too():
+    assert issubclass(UserFileNotFoundError, FileNotFoundError)
+    assert issubclass(UserValueError, ValueError) and issubclass(UserKeyError, KeyError)
+    assert str(UserKeyError("Unknown key X")) == "Unknown key X"  # unquoted, unlike KeyError
+    with pytest.raises(FileNotFoundError):
+        check_weights_file("nope.pth")
+
+
+def raise_(error):
+    raise error
+
+
+def test_handler_prints_one_line_and_exits(capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main_with_one_line_errors(raise_)(UserValueError("Label x.png has values [7]\nfix it"))
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: Label x.png has values [7] fix it\n"
+    with pytest.raises(SystemExit) as exit_info:
+        main_with_one_line_errors(raise_, exit_code=2)(UserKeyError("Unknown key"))
+    assert exit_info.value.code == 2
+    assert main_with_one_line_errors(lambda: 3)() == 3
+
+
+def test_handler_keeps_unexpected_errors_and_debug_keeps_all(monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main_with_one_line_errors(raise_)(RuntimeError("a bug"))
+    with pytest.raises(FileNotFoundError):  # not raised by a check of ours: keeps its traceback
+        main_with_one_line_errors(raise_)(FileNotFoundError("/x"))
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(UserValueError):
+        main_with_one_line_errors(raise_)(UserValueError("bad"))
+
+
+class UnreadableImages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        raise UserValueError(f"Cannot read image {index}.jpg: truncated")
+
+
+def test_user_error_in_a_dataloader_worker_gives_its_own_line(capsys, monkeypatch):
+    """torch re-raises a worker's error with the worker's traceback as the message."""
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    loader = torch.utils.data.DataLoader(UnreadableImages(), num_workers=1)
+    with pytest.raises(UserError) as err:
+        next(iter(loader))
+    assert "Traceback" in str(err.value)
+    assert one_line(err.value) == "Cannot read image 0.jpg: truncated"
+    with pytest.raises(SystemExit):
+        main_with_one_line_errors(lambda: next(iter(loader)))()
+    assert capsys.readouterr().err == "error: Cannot read image 0.jpg: truncated\n"
+
+
+def run_tool(tmp_path, *args):
+    return run_command([sys.executable, *map(str, args)], env=child_env(tmp_path))
+
+
+def test_tools_end_user_errors_in_one_line(tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    names = tmp_path / "names.txt"
+    proc = run_tool(tmp_path, "tools/check_labels.py", labels, "--class-names-file", names)
+    assert_one_line_error(proc, str(names))
+    assert proc.returncode == 2
+    missing = tmp_path / "metrics.json"
+    proc = run_tool(tmp_path, "tools/plot_metrics.py", missing, "--output", tmp_path / "c.png")
+    assert_one_line_error(proc, str(missing), "OUTPUT_DIR/metrics.json")
+    not_metrics = write_image(tmp_path / "image.png", np.zeros((4, 4), np.uint8))
+    proc = run_tool(tmp_path, "tools/plot_metrics.py", not_metrics, "--output", tmp_path / "c.png")
+    assert_one_line_error(proc, not_metrics, "not a text file")

@@ -11,7 +11,9 @@ from PIL import Image
 from pointrend_sem.data import read_label
 from pointrend_sem.data.datasets.checks import check_dataset_ready
 from pointrend_sem.data.datasets.custom import (
+    IMAGE_EXTS,
     default_palette,
+    load_sem_seg_folder,
     register_from_file,
     register_sem_seg_folder,
 )
@@ -39,15 +41,15 @@ def label_map(value_right: int = 2) -> np.ndarray:
     return label
 
 
-def write_folder(root, stems=("a", "b", "sub/c"), missing_labels=()):
-    """images/<stem>.jpg and labels/<stem>.png under ``root``; returns the two folders."""
+def write_folder(root, stems=("a", "b", "sub/c"), missing_labels=(), image_ext=".jpg"):
+    """images/<stem><image_ext> and labels/<stem>.png under ``root``; returns the two folders."""
     image_dir, label_dir = root / "images", root / "labels"
     rng = np.random.default_rng(0)
     for stem in stems:
         for folder in (image_dir, label_dir):
             (folder / stem).parent.mkdir(parents=True, exist_ok=True)
         image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-        Image.fromarray(image).save(image_dir / f"{stem}.jpg")
+        Image.fromarray(image).save(image_dir / f"{stem}{image_ext}")
         if stem not in missing_labels:
             Image.fromarray(label_map()).save(label_dir / f"{stem}.png")
     return str(image_dir), str(label_dir)
@@ -102,6 +104,66 @@ def test_image_without_label_is_named_when_loading(tmp_path):
     register_sem_seg_folder("custom_t_missing", image_dir, label_dir, CLASSES)
     with pytest.raises(FileNotFoundError, match=r"1 of 3 images.*b\.jpg.*b\.png"):
         DatasetCatalog.get("custom_t_missing")
+
+
+@pytest.mark.parametrize("image_ext", [".png", ".JPG", ".jpeg", ".tif", ".bmp", ".webp"])
+def test_common_image_extensions_are_found_without_image_ext(tmp_path, image_ext):
+    image_dir, label_dir = write_folder(tmp_path, image_ext=image_ext)
+    records = load_sem_seg_folder(image_dir, label_dir)
+    assert [os.path.basename(r["file_name"]) for r in records] == [
+        f"a{image_ext}",
+        f"b{image_ext}",
+        f"c{image_ext}",
+    ]
+    assert image_ext.lower() in IMAGE_EXTS
+
+
+def test_image_ext_restricts_the_images_taken(tmp_path):
+    image_dir, label_dir = write_folder(tmp_path, image_ext=".png")
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "images" / "d.jpg")
+    Image.fromarray(label_map()).save(tmp_path / "labels" / "d.png")
+    register_sem_seg_folder("custom_t_png", image_dir, label_dir, CLASSES, image_ext="png")
+    assert len(DatasetCatalog.get("custom_t_png")) == 3
+    assert len(load_sem_seg_folder(image_dir, label_dir)) == 4
+
+
+def test_two_images_of_one_name_are_named_both(tmp_path):
+    image_dir, label_dir = write_folder(tmp_path)
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    with pytest.raises(ValueError) as err:
+        load_sem_seg_folder(image_dir, label_dir)
+    message = str(err.value)
+    assert (
+        os.path.join(image_dir, "a.jpg") in message and os.path.join(image_dir, "a.png") in message
+    )
+    assert "set image_ext" in message
+    assert len(load_sem_seg_folder(image_dir, label_dir, image_ext=".jpg")) == 3
+
+
+def test_no_image_found_names_folder_extensions_and_key(tmp_path):
+    image_dir, label_dir = write_folder(tmp_path, image_ext=".png")
+    register_sem_seg_folder("custom_t_gif", image_dir, label_dir, CLASSES, image_ext=".gif")
+    with pytest.raises(ValueError) as err:
+        check_dataset_ready("custom_t_gif")
+    message = str(err.value)
+    assert message.startswith(
+        f"Dataset custom_t_gif is empty: no file in {image_dir} ends in .gif;"
+    )
+    assert "it holds 3 .png" in message and "Set image_ext" in message
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ValueError) as err:
+        load_sem_seg_folder(str(tmp_path / "other"), label_dir)
+    assert " ".join(IMAGE_EXTS) + " (any case)" in str(err.value)
+    assert "it holds nothing" in str(err.value)
+
+
+def test_register_from_file_takes_png_images_by_default(tmp_path):
+    image_dir, label_dir = write_folder(tmp_path, image_ext=".png")
+    entry = {"name": "custom_t_file_png", "image_dir": image_dir, "label_dir": label_dir}
+    path = tmp_path / "datasets.json"
+    path.write_text(json.dumps(dict(entry, classes=CLASSES)))
+    register_from_file(str(path))
+    assert check_dataset_ready("custom_t_file_png", num_classes=3) == 3
 
 
 def test_register_from_yaml_and_json_files(tmp_path, monkeypatch):

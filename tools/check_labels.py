@@ -9,7 +9,8 @@ colour-coded RGB/RGBA files instead of class indices (palette PNGs are fine: the
 read), values at or above the class count other than the ignore value, an ignore value that is
 a class index, 16-bit files, files that are all ignore; then a table of pixels per class.
 ``--class-names-file``: one name per line, or a JSON list. Exit status: 0 when no problem was
-found, 1 when some were, 2 for bad arguments.
+found, 1 when some were, 2 for bad arguments (a missing or unreadable class names file: one
+line ``error: ...``).
 """
 
 import argparse
@@ -25,6 +26,8 @@ import numpy as np
 from PIL import Image
 from tabulate import tabulate
 from tqdm import tqdm
+
+from pointrend_sem.errors import UserFileNotFoundError, UserValueError, main_with_one_line_errors
 
 # problem kinds in inspect_label's "problems"
 UNREADABLE = "unreadable"
@@ -296,11 +299,31 @@ def build_report(results: List[Dict], args, names: Optional[List[str]]) -> List[
 
 
 def read_class_names(path: str) -> List[str]:
-    """Class names from a JSON list or a text file with one name per line."""
-    with open(path, encoding="utf-8") as f:
-        if path.lower().endswith(".json"):
-            return [str(name) for name in json.load(f)]
-        return [line.strip() for line in f if line.strip()]
+    """Class names from a JSON list or a text file with one name per line.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: it is not a JSON list (``.json``), not text, or it holds no name.
+    """
+    if not os.path.isfile(path):
+        raise UserFileNotFoundError(f"Class names file {path} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.lower().endswith(".json"):
+                names = json.load(f)
+                if not isinstance(names, list):
+                    raise ValueError("not a list")
+                names = [str(name) for name in names]
+            else:
+                names = [line.strip() for line in f if line.strip()]
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise UserValueError(
+            f"Cannot read class names from {path} ({e}); give a JSON list of names (.json) or a "
+            "text file with one name per line."
+        ) from None
+    if not names:
+        raise UserValueError(f"Class names file {path} holds no name; write one per line.")
+    return names
 
 
 def parse_args(argv=None):
@@ -351,4 +374,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_with_one_line_errors(main, exit_code=2)())

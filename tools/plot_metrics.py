@@ -13,11 +13,14 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 from typing import Dict, List, Optional, Tuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from pointrend_sem.errors import UserFileNotFoundError, UserValueError, main_with_one_line_errors
 
 FIGSIZE = (16.0, 4.5)  # inches
 DPI = 100
@@ -42,23 +45,46 @@ def read_metrics(path: str) -> Metrics:
     it already has (a resumed run rewrites the iterations after its checkpoint), the later line
     wins. Lines that are not JSON objects with an "iteration" (such as a line cut short by a
     killed run) are skipped with a warning.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not a text file, or none of its lines is a JSON object with an
+            "iteration" (the error names the file and what to give instead).
     """
+    if not os.path.isfile(path):
+        raise UserFileNotFoundError(
+            f"Metrics file {path} does not exist; a training run writes OUTPUT_DIR/metrics.json."
+        )
     metrics: Metrics = {}
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning(f"{path}:{number}: not JSON, skipped")
-                continue
-            if not isinstance(row, dict) or "iteration" not in row:
-                logger.warning(f"{path}:{number}: no iteration, skipped")
-                continue
-            for key, value in row.items():
-                if key != "iteration" and _is_number(value):
-                    metrics.setdefault(key, {})[int(row["iteration"])] = float(value)
+    rows = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    logger.warning(f"{path}:{number}: not JSON, skipped")
+                    continue
+                if not isinstance(row, dict) or "iteration" not in row:
+                    logger.warning(f"{path}:{number}: no iteration, skipped")
+                    continue
+                rows += 1
+                for key, value in row.items():
+                    if key != "iteration" and _is_number(value):
+                        metrics.setdefault(key, {})[int(row["iteration"])] = float(value)
+    except UnicodeDecodeError:
+        raise UserValueError(
+            f"{path} is not a text file; give the metrics.json of a training run "
+            "(OUTPUT_DIR/metrics.json)."
+        ) from None
+    if not rows:
+        raise UserValueError(
+            f'{path} holds no metrics: none of its lines is a JSON object with an "iteration". '
+            "Give the metrics.json of a training run (OUTPUT_DIR/metrics.json) once it has "
+            "logged (every LOG_PERIOD iterations)."
+        )
     return metrics
 
 
@@ -181,10 +207,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     """Parse ``argv``, read the metrics and write the PNG."""
     args = get_parser().parse_args(argv)
     fig = plot_metrics(read_metrics(args.metrics), title=args.metrics, dpi=args.dpi)
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     fig.savefig(args.output, dpi=args.dpi)
     logger.info(f"Wrote {args.output}")
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    main()
+    main_with_one_line_errors(main)()

@@ -1,14 +1,25 @@
 """Training and evaluation engine."""
 
 from .lr_schedule import build_poly_lr_scheduler, build_warmup_poly_multiplier
-from .setup import check_weights_file, setup
-from .trainer import EVALUATOR_BUILDERS, Trainer
+from .setup import (
+    check_weights_file,
+    checkpoint_to_read,
+    explain_config_errors,
+    explain_unreadable_checkpoint,
+    setup,
+)
+from .trainer import EVALUATOR_BUILDERS, TTA_SUFFIX, Trainer, merge_results
 
 __all__ = [
     "build_poly_lr_scheduler",
     "build_warmup_poly_multiplier",
     "check_weights_file",
+    "checkpoint_to_read",
+    "explain_config_errors",
+    "explain_unreadable_checkpoint",
     "setup",
     "EVALUATOR_BUILDERS",
+    "TTA_SUFFIX",
     "Trainer",
+    "merge_results",
 ]

@@ -4,14 +4,19 @@ import contextlib
 import difflib
 import logging
 import os
+import pickle
+import re
+from typing import Iterator, Optional, Tuple
 
 import torch
+import yaml
 from detectron2.config import get_cfg
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_pointrend_sem_config
+from ..errors import UserError, UserFileNotFoundError, UserKeyError, UserValueError
 
 
 def _all_keys(node, prefix: str = ""):
@@ -22,34 +27,147 @@ def _all_keys(node, prefix: str = ""):
             yield f"{prefix}{key}"
 
 
-@contextlib.contextmanager
-def explain_unknown_keys(cfg, source: str):
-    """Turn yacs' "Non-existent (config) key" errors into a KeyError naming the source and
-    similar keys."""
-    try:
-        yield
-    except (KeyError, AssertionError) as e:
-        message = str(e.args[0]) if e.args else ""
-        if not message.startswith(("Non-existent config key: ", "Non-existent key: ")):
-            raise
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \((?P<expected>.+?) vs\. (?P<given>.+?)\) with values \((?P<default>.*) vs\. "
+    r"(?P<value>.*)\) for config key: (?P<key>\S+)$",
+    re.DOTALL,
+)
+
+
+def _type_name(type_repr: str) -> str:
+    """A type as yacs writes it, by name: int for "<class 'int'>", "group of keys" for a
+    CfgNode."""
+    if "CfgNode" in type_repr:
+        return "group of keys"
+    match = re.fullmatch(r"<class '(?:[\w.]+\.)?(\w+)'>", type_repr)
+    return match[1] if match else type_repr
+
+
+def _config_error(cfg, source: str, error: Exception) -> Optional[UserError]:
+    """What a yacs error raised while merging ``source`` means for the user, as a UserError; None
+    when it is not one of the mistakes a config file or command line can make."""
+    message = str(error.args[0]) if error.args else ""
+    if isinstance(error, (KeyError, AssertionError)) and message.startswith(
+        ("Non-existent config key: ", "Non-existent key: ")
+    ):
         key = message.split(": ", 1)[1]
         close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(
+        return UserKeyError(
             f"Unknown config key {key} in {source}.{hint} Keys are defined by detectron2's "
             "config/defaults.py and pointrend_sem/config.py."
-        ) from None
+        )
+    mismatch = _TYPE_MISMATCH.match(message) if isinstance(error, ValueError) else None
+    if mismatch and _type_name(mismatch["expected"]) == "group of keys":
+        return UserValueError(
+            f"Config key {mismatch['key']} in {source} is a group of keys, not a value; set "
+            f"one of its keys ({mismatch['key']}.<KEY> VALUE)."
+        )
+    if mismatch:
+        return UserValueError(
+            f"Config key {mismatch['key']} in {source} takes a value of type "
+            f"{_type_name(mismatch['expected'])}, like its default {mismatch['default']}, not "
+            f"{_type_name(mismatch['given'])} {mismatch['value']!r}; fix the value."
+        )
+    if isinstance(error, AssertionError) and message.startswith("Override list has odd length"):
+        return UserValueError(
+            f"The config overrides on {source} must be KEY VALUE pairs, but their number is odd: "
+            "a key has no value (write a list as '[1, 2]' and an empty value as \"\")."
+        )
+    if isinstance(error, yaml.YAMLError):
+        return UserValueError(
+            f"Config file {source} is not valid YAML: {' '.join(str(error).split())}"
+        )
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return UserFileNotFoundError(
+            f"Config file {source} inherits from {error.filename} (_BASE_), which does not "
+            "exist; _BASE_ is relative to the folder of the file that names it."
+        )
+    return None
+
+
+@contextlib.contextmanager
+def explain_config_errors(cfg, source: str) -> Iterator[None]:
+    """Turn yacs' errors for a config file or override list ``source`` (unknown keys, values of
+    the wrong type, an override without a value, YAML syntax, a missing ``_BASE_``) into
+    :class:`UserError` s that name the key and the fix (an unknown key: with similar keys)."""
+    try:
+        yield
+    except (KeyError, AssertionError, ValueError, yaml.YAMLError, FileNotFoundError) as e:
+        user_error = None if isinstance(e, UserError) else _config_error(cfg, source, e)
+        if user_error is None:
+            raise
+        raise user_error from None
 
 
 def check_weights_file(weights: str) -> None:
     """Raise when ``MODEL.WEIGHTS`` names a local file that does not exist (URLs and
     ``detectron2://`` paths are left to detectron2's checkpointer, which downloads them)."""
     if weights and "://" not in weights and not os.path.isfile(weights):
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"MODEL.WEIGHTS {weights} does not exist. Obtain it (README, 'Pretrained "
             "backbones'), point MODEL.WEIGHTS at another file, or train from scratch with "
             'MODEL.WEIGHTS "".'
         )
+
+
+def checkpoint_read_problem(path: str) -> Optional[str]:
+    """Why the checkpoint file ``path`` cannot be read as detectron2's checkpointer reads it
+    (``.pkl``: pickle; else ``torch.load``), in a few words; None when it can be."""
+    try:
+        if path.endswith(".pkl"):
+            with open(path, "rb") as f:
+                pickle.load(f, encoding="latin1")
+        else:
+            torch.load(path, map_location="cpu")
+    except Exception as e:  # torch and pickle raise errors of many kinds for a bad file
+        message = str(e.args[0]) if e.args else ""
+        if message.startswith("Weights only load failed"):
+            return "it holds pickled Python objects besides tensors, which torch.load refuses"
+        if isinstance(e, EOFError):
+            return "the file ends too early (EOFError)"
+        first = message.split(". ")[0].strip().splitlines()[0] if message.strip() else ""
+        if isinstance(e, KeyError) or not first:
+            return f"its content is not a checkpoint's ({type(e).__name__})"
+        return f"{first[:200]} ({type(e).__name__})"
+    return None
+
+
+def checkpoint_to_read(checkpointer, weights: str, resume: bool) -> Tuple[str, str]:
+    """(file, where it comes from) that ``checkpointer.resume_or_load(weights, resume=resume)``
+    reads: the last checkpoint of its folder when resuming from one, else ``weights``."""
+    if resume and checkpointer.has_checkpoint():
+        tag = os.path.join(checkpointer.save_dir, "last_checkpoint")
+        return checkpointer.get_checkpoint_file(), f"the checkpoint named by {tag}"
+    return weights, "MODEL.WEIGHTS"
+
+
+@contextlib.contextmanager
+def explain_unreadable_checkpoint(path: str, source: str = "MODEL.WEIGHTS") -> Iterator[None]:
+    """Around loading the checkpoint file ``path`` (``source``: the key or file that names it):
+    when loading fails and the file itself cannot be read (truncated, not a checkpoint, pickled
+    objects), raise a :class:`UserValueError` naming it and the fix; any other error passes
+    unchanged. URLs are left alone."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, UserError) or not path or "://" in path or not os.path.isfile(path):
+            raise
+        problem = checkpoint_read_problem(path)
+        if problem is None:
+            raise
+        if source == "MODEL.WEIGHTS":
+            fix = (
+                "Copy or download it again if it is truncated, or convert a checkpoint of another "
+                "code base with tools/convert_weights.py (README, 'Model zoo')."
+            )
+        else:
+            fix = (
+                "Start again without --resume, or write an earlier checkpoint's name into the tag."
+            )
+        raise UserValueError(
+            f"Cannot read the checkpoint {path} ({source}): {problem}. {fix}"
+        ) from e
 
 
 def setup(args, *, log: bool = True):
@@ -62,12 +180,12 @@ def setup(args, *, log: bool = True):
     cfg = get_cfg()
     add_pointrend_sem_config(cfg)
     if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"Config file {args.config_file} does not exist; the recipes are in configs/."
         )
-    with explain_unknown_keys(cfg, args.config_file):
+    with explain_config_errors(cfg, args.config_file):
         cfg.merge_from_file(args.config_file)
-    with explain_unknown_keys(cfg, "the command line"):
+    with explain_config_errors(cfg, "the command line"):
         cfg.merge_from_list(args.opts)
     notes = []
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

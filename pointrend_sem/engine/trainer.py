@@ -5,7 +5,7 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -33,6 +33,7 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..data import SemSegDatasetMapper
+from ..errors import UserValueError
 from ..evaluation import (
     KeyedSemSegEvaluator,
     build_cityscapes_evaluators,
@@ -41,6 +42,10 @@ from ..evaluation import (
 from ..test_time_augmentation import SemanticSegmentorWithTTA
 from .checkpoint import make_writes_atomic
 from .lr_schedule import build_poly_lr_scheduler
+from .setup import checkpoint_to_read, explain_unreadable_checkpoint
+
+# added to the result keys of evaluations with test-time augmentation (sem_seg_TTA, ...)
+TTA_SUFFIX = "_TTA"
 
 # evaluator_type -> builder of the evaluators that score a dataset's (refined) prediction
 EVALUATOR_BUILDERS: Dict[str, Callable[[str, str], List[DatasetEvaluator]]] = {
@@ -117,12 +122,20 @@ class Trainer(DefaultTrainer):
             for hook in super().build_hooks()
         ]
 
+    def resume_or_load(self, resume: bool = True) -> None:
+        """As :meth:`DefaultTrainer.resume_or_load`; a checkpoint file that cannot be read
+        (truncated, not a checkpoint) stops with an error naming it
+        (:func:`explain_unreadable_checkpoint`)."""
+        path, source = checkpoint_to_read(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume)
+        with explain_unreadable_checkpoint(path, source):
+            super().resume_or_load(resume=resume)
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str = None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type not in EVALUATOR_BUILDERS:
-            raise ValueError(
+            raise UserValueError(
                 f"Dataset {dataset_name} has evaluator_type={evaluator_type!r}; pointrend-sem "
                 f"evaluates {sorted(EVALUATOR_BUILDERS)}. Set it in the dataset's metadata."
             )
@@ -138,13 +151,19 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         results = super().test(cfg, model, evaluators)
-        log_refinement_gain(results)
+        log_refinement_gain(results, cfg.DATASETS.TEST)
         return results
 
     @classmethod
     def test_with_TTA(cls, cfg, model):
-        """Evaluate with multi-scale + flip TTA (``TEST.AUG``); results get a "_TTA" suffix."""
-        logging.getLogger(__name__).info("Running inference with test-time augmentation ...")
+        """Evaluate with multi-scale + flip TTA (``TEST.AUG``).
+
+        Returns the structure :meth:`test` returns, each result key with a "_TTA" suffix
+        (``sem_seg_TTA``, ``coarse_sem_seg_TTA``): ``{key: metrics}`` for one test dataset,
+        ``{dataset: {key: metrics}}`` for several. The copy-paste lines print the same names.
+        """
+        logger = logging.getLogger(__name__)
+        logger.info("Running inference with test-time augmentation ...")
         tta_model = SemanticSegmentorWithTTA.from_config(cfg, model)
         results = OrderedDict()
         for dataset_name in cfg.DATASETS.TEST:
@@ -154,13 +173,19 @@ class Trainer(DefaultTrainer):
             )
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA", dataset_name)
             evaluator = cls.build_evaluator(cfg, dataset_name, output_folder)
-            results[dataset_name] = inference_on_dataset(tta_model, loader, evaluator)
+            results[dataset_name] = with_suffix(
+                inference_on_dataset(tta_model, loader, evaluator), TTA_SUFFIX
+            )
             if comm.is_main_process():
+                logger.info(
+                    f"Evaluation results for {dataset_name} with test-time augmentation in csv "
+                    "format:"
+                )
                 print_csv_format(results[dataset_name])
         if len(results) == 1:
             results = list(results.values())[0]
-        log_refinement_gain(results)
-        return OrderedDict((k + "_TTA", v) for k, v in results.items())
+        log_refinement_gain(results, cfg.DATASETS.TEST, suffix=TTA_SUFFIX)
+        return results
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -179,28 +204,46 @@ class Trainer(DefaultTrainer):
         return super().build_lr_scheduler(cfg, optimizer)
 
 
-def log_refinement_gain(results: Dict) -> None:
+def with_suffix(results: Dict, suffix: str) -> Dict:
+    """``results`` (``{key: metrics}``, as an evaluator returns) with ``suffix`` added to each
+    key, in the same order."""
+    return OrderedDict((key + suffix, value) for key, value in results.items())
+
+
+def merge_results(results: Dict, more: Dict) -> Dict:
+    """Add ``more`` to ``results`` in place and return it: the results of
+    :meth:`Trainer.test_with_TTA` to those of :meth:`Trainer.test`, in their structure,
+    ``{key: metrics}`` for one test dataset, ``{dataset: {key: metrics}}`` for several."""
+    for key, value in more.items():
+        results.setdefault(key, OrderedDict()).update(value)
+    return results
+
+
+def log_refinement_gain(results: Dict, dataset_names: Sequence[str], suffix: str = "") -> None:
     """Log coarse vs. refined mIoU and boundary IoU, when both were evaluated.
 
     ``results`` is ``{dataset: {"sem_seg": {...}, "coarse_sem_seg": {...}}}`` or, with a single
-    test dataset, the inner dict itself.
+    test dataset (``dataset_names`` has one name), the inner dict itself; ``suffix`` is that of
+    the result keys ("_TTA": ``sem_seg_TTA``, ``coarse_sem_seg_TTA``).
     """
-    per_dataset = (
-        results
-        if all(isinstance(v, dict) and "sem_seg" in v for v in results.values())
-        else {"": results}
-    )
+    per_dataset = {dataset_names[0]: results} if len(dataset_names) == 1 else results
+    refined_key, coarse_key = "sem_seg" + suffix, "coarse_sem_seg" + suffix
     rows = []
     for dataset, res in per_dataset.items():
-        if "sem_seg" not in res or "coarse_sem_seg" not in res:
+        if refined_key not in res or coarse_key not in res:
             continue
         for metric in ("mIoU", "mBoundaryIoU"):
-            coarse, refined = res["coarse_sem_seg"][metric], res["sem_seg"][metric]
+            coarse, refined = res[coarse_key][metric], res[refined_key][metric]
             rows.append(
                 [dataset, metric, f"{coarse:.2f}", f"{refined:.2f}", f"{refined - coarse:+.2f}"]
             )
     if rows:
-        table = tabulate(
-            rows, headers=["dataset", "metric", "coarse", "PointRend", "gain"], tablefmt="pipe"
+        table = tabulate(  # numbers kept as formatted: two decimals, the gain's sign
+            rows,
+            headers=["dataset", "metric", "coarse", "PointRend", "gain"],
+            tablefmt="pipe",
+            disable_numparse=True,
+            colalign=("left", "left", "right", "right", "right"),
         )
-        logging.getLogger(__name__).info("What point refinement buys:\n" + table)
+        tta = " (with test-time augmentation)" if suffix == TTA_SUFFIX else ""
+        logging.getLogger(__name__).info(f"What point refinement buys{tta}:\n" + table)

@@ -8,6 +8,7 @@ from typing import Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
+from ...errors import UserFileNotFoundError, UserKeyError, UserValueError
 from .paths import datasets_root
 
 # Metadata keys that hold a dataset's folders: detectron2's sem_seg datasets and this
@@ -15,11 +16,8 @@ from .paths import datasets_root
 ROOT_KEYS = ("image_root", "sem_seg_root", "image_dir", "gt_dir")
 
 
-class UnknownDatasetError(KeyError):
+class UnknownDatasetError(UserKeyError):
     """A dataset name that is not registered (a KeyError, as ``DatasetCatalog.get`` raises)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def _env_value() -> str:
@@ -83,14 +81,14 @@ def check_dataset_ready(dataset_name: str, num_classes: Optional[int] = None) ->
     for root in roots:
         if not PathManager.exists(root):
             prepare = metadata.get("prepare_command", None)
-            raise FileNotFoundError(missing_path_message(dataset_name, root, prepare))
+            raise UserFileNotFoundError(missing_path_message(dataset_name, root, prepare))
     where = os.path.abspath(roots[0]) if roots else "(no folder in its metadata)"
     try:
         records = DatasetCatalog.get(dataset_name)
     except AssertionError as e:  # detectron2's loaders assert that they found files
-        raise ValueError(f"Dataset {dataset_name} cannot be loaded from {where}: {e}") from e
+        raise UserValueError(f"Dataset {dataset_name} cannot be loaded from {where}: {e}") from e
     if not records:
-        raise ValueError(
+        raise UserValueError(
             f"Dataset {dataset_name} is empty: its loader found no images in {where}. Check "
             "that the folder holds the split's images, with the expected file extension."
         )
@@ -103,7 +101,7 @@ def _check_num_classes(name: str, stuff_classes, num_classes: Optional[int]) -> 
         return
     if num_classes == 1 and len(stuff_classes) == 2:  # binary: one foreground logit
         return
-    raise ValueError(
+    raise UserValueError(
         f"Dataset {name} has {len(stuff_classes)} classes (metadata stuff_classes) but the "
         f"model predicts {num_classes} (MODEL.SEM_SEG_HEAD.NUM_CLASSES); make them equal."
     )

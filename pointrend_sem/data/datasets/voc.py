@@ -20,6 +20,7 @@ from typing import Dict, Iterable, List, Optional, Set
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ...errors import UserFileNotFoundError
 from .paths import datasets_root
 
 VOC_CLASSES = [
@@ -84,8 +85,8 @@ def split_list_path(voc_root: str, split: str) -> str:
     return os.path.join(voc_root, SPLIT_DIR, f"{split}.txt")
 
 
-def _not_found(path: str) -> FileNotFoundError:
-    return FileNotFoundError(
+def _not_found(path: str) -> UserFileNotFoundError:
+    return UserFileNotFoundError(
         f"PASCAL VOC 2012 expects {path}, which does not exist: put VOCdevkit/ (VOC 2012, and "
         f"SBD for trainaug) under $DETECTRON2_DATASETS (now {datasets_root()!r}) and run "
         f"`{PREPARE_COMMAND}`."
@@ -118,7 +119,7 @@ def check_files_exist(records: Iterable[Dict], list_path: str) -> None:
         if not os.path.isfile(path)
     ]
     if missing:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{len(missing)} file(s) of the images listed in {list_path} do not exist, e.g. "
             f"{missing[0]}; check the VOC 2012 / SBD extraction and run `{PREPARE_COMMAND}`."
         )

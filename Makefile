@@ -1,0 +1,56 @@
+# The two commands of a fresh checkout; each sets up what is missing first, and only that:
+#   make demo   train and evaluate the demo on generated data (configs/demo_synthetic.yaml)
+#   make test   lint (black, isort, flake8), then the tests
+# `make -n demo` / `make -n test` print what would run, set-up steps included.
+#
+# PYTHON: the interpreter to run and set up. DETECTRON2_SRC: a detectron2 checkout to install,
+# or where to clone one (README, "Installation"); e.g. make demo DETECTRON2_SRC=~/src/detectron2
+
+PYTHON ?= python
+DETECTRON2_SRC ?= third_party/detectron2
+DETECTRON2_URL := https://github.com/facebookresearch/detectron2.git
+
+# Decided once, as make reads this file: a set-up step is a prerequisite only when its piece
+# does not import (dev/probe_env.py prints those that do, and torch==<version> if installed).
+PRESENT := $(shell $(PYTHON) dev/probe_env.py 2>/dev/null)
+INSTALLED_TORCH := $(filter torch==%,$(PRESENT))
+step_if_missing = $(if $(filter $(1),$(PRESENT)),,setup-$(1))
+TORCH := $(call step_if_missing,torch)
+DETECTRON2 := $(call step_if_missing,detectron2)
+PACKAGE := $(call step_if_missing,package)
+MMSEG := $(call step_if_missing,mmseg)
+
+.PHONY: demo test lint setup-torch setup-detectron2 setup-package setup-mmseg
+
+demo: $(TORCH) $(DETECTRON2) $(PACKAGE)
+	$(PYTHON) train_net.py --config-file configs/demo_synthetic.yaml
+
+test: $(TORCH) $(DETECTRON2) $(PACKAGE) $(MMSEG) lint
+	$(PYTHON) -m pytest tests
+
+# third_party/ (where detectron2 is cloned) is not ours to lint; black skips it as git-ignored
+lint: $(PACKAGE)
+	$(PYTHON) -m black --check --quiet .
+	$(PYTHON) -m isort --check-only --quiet --extend-skip third_party .
+	$(PYTHON) -m flake8 --extend-exclude third_party
+
+# a matching pair: pip takes the torchvision built for the torch it installs, or for the one
+# installed already (kept as it is)
+setup-torch:
+	$(PYTHON) -m pip install $(or $(INSTALLED_TORCH),torch) torchvision
+
+# on no package index: its official source, built against the installed PyTorch
+setup-detectron2: | $(TORCH)
+	$(PYTHON) -m pip install setuptools wheel  # no build isolation: the build uses these
+ifeq ($(wildcard $(DETECTRON2_SRC)/setup.py),)
+	git clone $(DETECTRON2_URL) $(DETECTRON2_SRC)
+endif
+	$(PYTHON) -m pip install --no-build-isolation -e $(abspath $(DETECTRON2_SRC))
+
+setup-package: | $(TORCH) $(DETECTRON2)
+	$(PYTHON) -m pip install -e ".[dev]"
+
+# the reference of the parity tests, without mmcv's compiled operators (README, step 4)
+setup-mmseg: | $(TORCH)
+	$(PYTHON) -m pip install --no-deps mmcv-lite==2.1.0 mmengine==0.10.7 mmsegmentation==1.2.2
+	$(PYTHON) -m pip install addict yapf rich prettytable ftfy regex
