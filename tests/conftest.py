@@ -1,12 +1,16 @@
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from PIL import Image
 
 from pointrend_sem import add_pointrend_sem_config
 
@@ -81,6 +85,49 @@ def tail_of(log_path, chars=3000) -> str:
     with open(log_path, errors="replace") as f:
         text = f.read()
     return text[-chars:] if chars else text
+
+
+def load_script(path: str):
+    """A script that is not part of the package (e.g. datasets/prepare_voc.py) as a module."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def label_file_states(folders, suffix: str = "") -> dict:
+    """{path: (mtime_ns, pixels)} of the label images in ``folders`` whose names end in
+    ``suffix``: what a preparation script wrote, to see what a second run rewrites."""
+    out = {}
+    for folder in folders:
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(suffix):
+                path = os.path.join(folder, name)
+                out[path] = (os.stat(path).st_mtime_ns, np.asarray(Image.open(path)))
+    return out
+
+
+def check_dataset_metadata(meta, num_classes: int, evaluator_type: str, prepare_command: str):
+    """What the metadata of every registered split of a benchmark dataset carries."""
+    assert len(meta.stuff_classes) == len(meta.stuff_colors) == num_classes
+    assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in meta.stuff_colors)
+    assert meta.ignore_label == 255
+    assert meta.evaluator_type == evaluator_type
+    assert meta.prepare_command == prepare_command
+    assert os.path.isfile(os.path.join(REPO_ROOT, prepare_command.split()[-1]))
+
+
+def check_metadata_addition_keeps_values(add_metadata, module, splits_attr: str, monkeypatch):
+    """``add_metadata`` runs twice without raising and keeps a value already set; returns the
+    metadata of the test split it completed."""
+    add_metadata()  # a second call (a second import) must not raise
+    name = f"pointrend_sem_test_{splits_attr.lower()}_keeps_values"
+    MetadataCatalog.get(name).set(stuff_colors=[[1, 2, 3]])
+    monkeypatch.setattr(module, splits_attr, (name,))
+    add_metadata()
+    assert MetadataCatalog.get(name).stuff_colors == [[1, 2, 3]]
+    return MetadataCatalog.get(name)
 
 
 def load_config(name: str = "demo_synthetic.yaml", opts=()):

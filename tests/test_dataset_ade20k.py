@@ -1,14 +1,21 @@
 """ADE20K: label shift, datasets/prepare_ade20k.py, detectron2's loader and metadata, on a tiny
 archive in the official layout."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, run_command, tiny_train_net
+from conftest import (
+    REPO_ROOT,
+    check_dataset_metadata,
+    check_metadata_addition_keeps_values,
+    label_file_states,
+    load_script,
+    run_command,
+    tiny_train_net,
+)
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
 from PIL import Image
@@ -27,15 +34,7 @@ NUM_IMAGES = 2  # per split
 H, W = 29, 37
 
 
-def load_script():
-    """datasets/prepare_ade20k.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("prepare_ade20k", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare_ade20k = load_script()
+prepare_ade20k = load_script(SCRIPT)
 
 
 def official_label(seed: int) -> np.ndarray:
@@ -70,13 +69,7 @@ def run_script(root, *args) -> subprocess.CompletedProcess:
 
 def converted_files(ade: str):
     """{path: (mtime_ns, pixels)} of every converted annotation."""
-    out = {}
-    for split in SPLITS:
-        folder = os.path.join(ade, "annotations_detectron2", split)
-        for name in sorted(os.listdir(folder)):
-            path = os.path.join(folder, name)
-            out[path] = (os.stat(path).st_mtime_ns, np.asarray(Image.open(path)))
-    return out
+    return label_file_states([os.path.join(ade, "annotations_detectron2", s) for s in SPLITS])
 
 
 @pytest.fixture(scope="module")
@@ -198,25 +191,17 @@ def test_detectron2_loader_reads_the_prepared_splits(prepared):
 def test_registered_metadata():
     for name in ADE20K_SPLITS:
         meta = MetadataCatalog.get(name)
-        assert len(meta.stuff_classes) == 150 and meta.stuff_classes[0] == "wall"
-        assert len(meta.stuff_colors) == 150
-        assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in meta.stuff_colors)
+        check_dataset_metadata(meta, 150, "sem_seg", ADE20K_PREPARE_COMMAND)
+        assert meta.stuff_classes[0] == "wall"
         assert meta.stuff_colors[0] == [120, 120, 120]  # "wall"
         assert meta.stuff_colors[2] == [6, 230, 230]  # "sky"
-        assert meta.ignore_label == 255
-        assert meta.evaluator_type == "sem_seg"
-        assert meta.prepare_command == ADE20K_PREPARE_COMMAND
-    assert os.path.isfile(os.path.join(REPO_ROOT, ADE20K_PREPARE_COMMAND.split()[-1]))
 
 
 def test_metadata_addition_is_repeatable_and_keeps_existing_values(monkeypatch):
-    add_ade20k_metadata()  # a second call (a second import) must not raise
-    name = "pointrend_sem_test_ade20k_keeps_values"
-    MetadataCatalog.get(name).set(stuff_colors=[[1, 2, 3]])
-    monkeypatch.setattr(ade20k, "ADE20K_SPLITS", (name,))
-    add_ade20k_metadata()
-    assert MetadataCatalog.get(name).stuff_colors == [[1, 2, 3]]
-    assert MetadataCatalog.get(name).prepare_command == ADE20K_PREPARE_COMMAND
+    meta = check_metadata_addition_keeps_values(
+        add_ade20k_metadata, ade20k, "ADE20K_SPLITS", monkeypatch
+    )
+    assert meta.prepare_command == ADE20K_PREPARE_COMMAND
 
 
 def test_train_net_trains_and_evaluates_on_ade20k(prepared, tmp_path):

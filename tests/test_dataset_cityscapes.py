@@ -2,7 +2,6 @@
 evaluation and the submission writer, on a tiny archive in the official layout."""
 
 import copy
-import importlib.util
 import json
 import os
 import sys
@@ -15,7 +14,15 @@ from cityscapesscripts.helpers.csHelpers import getCsFileInfo
 from cityscapesscripts.helpers.labels import id2label, name2label, trainId2label
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import json2labelImg
-from conftest import REPO_ROOT, run_command, tiny_train_net
+from conftest import (
+    REPO_ROOT,
+    check_dataset_metadata,
+    check_metadata_addition_keeps_values,
+    label_file_states,
+    load_script,
+    run_command,
+    tiny_train_net,
+)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 from detectron2.evaluation import DatasetEvaluators
@@ -43,15 +50,7 @@ H, W = 32, 64
 NUM_PER_SPLIT = len(FRAMES) * 2
 
 
-def load_script():
-    """datasets/prepare_cityscapes.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("prepare_cityscapes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare_cityscapes = load_script()
+prepare_cityscapes = load_script(SCRIPT)
 
 
 def polygons(index: int) -> dict:
@@ -115,15 +114,11 @@ def run_script(root) -> str:
 
 def train_ids_files(cs: str):
     """{path: (mtime_ns, pixels)} of every labelTrainIds file."""
-    out = {}
-    for split, cities in CITIES.items():
-        for city in cities:
-            folder = os.path.join(cs, "gtFine", split, city)
-            for name in sorted(os.listdir(folder)):
-                if name.endswith("_labelTrainIds.png"):
-                    path = os.path.join(folder, name)
-                    out[path] = (os.stat(path).st_mtime_ns, np.asarray(Image.open(path)))
-    return out
+    splits = CITIES.items()
+    folders = [
+        os.path.join(cs, "gtFine", split, city) for split, cities in splits for city in cities
+    ]
+    return label_file_states(folders, "_labelTrainIds.png")
 
 
 @pytest.fixture(scope="module")
@@ -259,24 +254,17 @@ def test_detectron2_loader_reads_the_prepared_split(prepared, split):
 def test_registered_metadata():
     for name in CITYSCAPES_SPLITS:
         meta = MetadataCatalog.get(name)
-        assert len(meta.stuff_classes) == 19 and meta.stuff_classes[0] == "road"
-        assert len(meta.stuff_colors) == 19
+        check_dataset_metadata(meta, 19, "cityscapes_sem_seg", CITYSCAPES_PREPARE_COMMAND)
+        assert meta.stuff_classes[0] == "road"
         assert meta.stuff_colors[0] == [128, 64, 128]  # road
         assert meta.stuff_colors == [list(trainId2label[i].color) for i in range(19)]
-        assert meta.ignore_label == 255
-        assert meta.evaluator_type == "cityscapes_sem_seg"
-        assert meta.prepare_command == CITYSCAPES_PREPARE_COMMAND
-    assert os.path.isfile(os.path.join(REPO_ROOT, CITYSCAPES_PREPARE_COMMAND.split()[-1]))
 
 
 def test_metadata_addition_is_repeatable_and_keeps_existing_values(monkeypatch):
-    add_cityscapes_metadata()  # a second call (a second import) must not raise
-    name = "pointrend_sem_test_cityscapes_keeps_values"
-    MetadataCatalog.get(name).set(stuff_colors=[[1, 2, 3]])
-    monkeypatch.setattr(cityscapes_meta, "CITYSCAPES_SPLITS", (name,))
-    add_cityscapes_metadata()
-    assert MetadataCatalog.get(name).stuff_colors == [[1, 2, 3]]
-    assert MetadataCatalog.get(name).prepare_command == CITYSCAPES_PREPARE_COMMAND
+    meta = check_metadata_addition_keeps_values(
+        add_cityscapes_metadata, cityscapes_meta, "CITYSCAPES_SPLITS", monkeypatch
+    )
+    assert meta.prepare_command == CITYSCAPES_PREPARE_COMMAND
 
 
 # ---------------------------------------------------------------------------------------------

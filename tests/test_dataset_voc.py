@@ -1,7 +1,6 @@
 """PASCAL VOC 2012 + SBD: prepare script, loaders, metadata and errors, on tiny generated files
 in the official layouts (VOC's palette PNGs, SBD's GTcls .mat files)."""
 
-import importlib.util
 import os
 import re
 import sys
@@ -9,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import scipy.sparse
-from conftest import REPO_ROOT, run_command, tiny_train_net
+from conftest import REPO_ROOT, load_script, run_command, tiny_train_net
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from scipy.io import savemat
@@ -30,14 +29,7 @@ VOC_CLASS_OF = {"2007_000032": 1, "2007_000039": 15, "2007_000033": 1, "2007_000
 SBD_CLASS = 7
 
 
-def load_prepare_script():
-    spec = importlib.util.spec_from_file_location("prepare_voc", PREPARE_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare_voc = load_prepare_script()
+prepare_voc = load_script(PREPARE_SCRIPT)
 
 
 def voc_label(class_id):
@@ -237,20 +229,19 @@ def test_missing_split_list_is_named(tmp_path, monkeypatch):
     assert_names_path_env_and_command(str(err.value), list_path)
 
 
-def test_missing_image_is_named(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "folder, name, split",
+    [
+        ("JPEGImages", f"{VOC_VAL[1]}.jpg", "val"),  # a missing image
+        ("SegmentationClass", f"{VOC_TRAIN[0]}.png", "train"),  # a missing label
+    ],
+)
+def test_missing_file_is_named(tmp_path, monkeypatch, folder, name, split):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(make_voc_fixture(tmp_path)))
-    image = tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{VOC_VAL[1]}.jpg"
-    image.unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(image))):
-        DatasetCatalog.get("voc_2012_sem_seg_val")
-
-
-def test_missing_label_is_named(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(make_voc_fixture(tmp_path)))
-    label = tmp_path / "VOCdevkit" / "VOC2012" / "SegmentationClass" / f"{VOC_TRAIN[0]}.png"
-    label.unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(label))):
-        DatasetCatalog.get("voc_2012_sem_seg_train")
+    missing = tmp_path / "VOCdevkit" / "VOC2012" / folder / name
+    missing.unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        DatasetCatalog.get(f"voc_2012_sem_seg_{split}")
 
 
 def test_train_net_trains_and_evaluates_on_voc(prepared, tmp_path):

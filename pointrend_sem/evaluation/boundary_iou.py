@@ -200,29 +200,12 @@ def boundary_counts(counts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return intersection, gt_band + pred_band - intersection
 
 
-def boundary_intersection_union(
-    gt: np.ndarray,
-    pred: np.ndarray,
-    num_classes: int,
-    ignore_label: int,
-    *,
-    dilation_ratio: float = DILATION_RATIO,
-    image_border_is_contour: bool = True,
-) -> Tuple[np.ndarray, np.ndarray]:
+def boundary_intersection_union(*args, **kwargs) -> Tuple[np.ndarray, np.ndarray]:
     """Per-class boundary intersection and union of one image: ``(intersection, union)``, each
-    (C,) int64, from (H, W) ``gt`` and ``pred`` (arguments as in
-    :func:`confusion_matrix_with_bands`). Add them up over images and divide at the end
+    (C,) int64, from (H, W) ``gt`` and ``pred``; the arguments are those of
+    :func:`confusion_matrix_with_bands`. Add them up over images and divide at the end
     (:func:`boundary_iou_from_counts`)."""
-    return boundary_counts(
-        confusion_matrix_with_bands(
-            gt,
-            pred,
-            num_classes,
-            ignore_label,
-            dilation_ratio=dilation_ratio,
-            image_border_is_contour=image_border_is_contour,
-        )
-    )
+    return boundary_counts(confusion_matrix_with_bands(*args, **kwargs))
 
 
 def boundary_iou_from_counts(intersection: np.ndarray, union: np.ndarray) -> np.ndarray:
