@@ -31,6 +31,16 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "black", "isort", "flake8"],
+        "dev": [
+            "pytest",
+            "pytest-timeout",
+            "black",
+            "isort",
+            "flake8",
+            # tools/export_model.py --format onnx and its tests (tests/test_export.py)
+            "onnx",
+            "onnxscript",
+            "onnxruntime",
+        ],
     },
 )

@@ -8,9 +8,9 @@ python train_net.py --config-file configs/cityscapes_r50.yaml --eval-only MODEL.
 
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, hooks, launch
 
+from pointrend_sem.checkpoint import PointRendSemCheckpointer
 from pointrend_sem.data.datasets import check_dataset_ready, register_from_file
 from pointrend_sem.engine import (
     Trainer,
@@ -35,7 +35,7 @@ def main(args):
         check_weights_file(cfg.MODEL.WEIGHTS)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer = PointRendSemCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         with explain_unreadable_checkpoint(
             *checkpoint_to_read(checkpointer, cfg.MODEL.WEIGHTS, args.resume)
         ):

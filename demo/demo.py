@@ -6,6 +6,8 @@
         --opts MODEL.WEIGHTS output/demo_synthetic/model_final.pth
     python demo/demo.py --config-file configs/cityscapes_r50.yaml --video-input drive.mp4 \
         --output out/ --opts MODEL.WEIGHTS model.pth
+    python demo/demo.py --config-file configs/demo_synthetic.yaml --input img1.png --output out/ \
+        --exported demo.onnx   # a file of tools/export_model.py, run without the PyTorch model
 
 Images: one overlay PNG per input, named after it, in the ``--output`` folder. Video: an .mp4
 (``--output`` either names it or is the folder to write ``<video name>.mp4`` into). Runs on
@@ -23,7 +25,13 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from predictor import VisualizationDemo
 
-from pointrend_sem.engine import setup
+from pointrend_sem.engine import check_weights_file, setup
+from pointrend_sem.errors import (
+    UserFileNotFoundError,
+    UserValueError,
+    main_with_one_line_errors,
+)
+from pointrend_sem.export.runner import ExportedPredictor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -47,6 +55,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--alpha", type=float, default=0.5, help="opacity of the class colours (default 0.5)"
+    )
+    parser.add_argument(
+        "--exported",
+        metavar="PATH",
+        help="run this file of tools/export_model.py (with its PATH.json) instead of the "
+        "PyTorch model; the config still names the classes and colours",
     )
     parser.add_argument(
         "--opts",
@@ -78,10 +92,10 @@ def expand_inputs(patterns: List[str]) -> List[str]:
         elif os.path.isfile(pattern):
             found = [pattern]
         else:
-            raise FileNotFoundError(f"No such image, folder or glob match: {pattern}")
+            raise UserFileNotFoundError(f"No such image, folder or glob match: {pattern}")
         paths += [p for p in found if p not in paths]
     if not paths:
-        raise FileNotFoundError(f"No image found in {list(patterns)}")
+        raise UserFileNotFoundError(f"No image found in {list(patterns)}")
     return paths
 
 
@@ -96,7 +110,10 @@ def overlay_paths(inputs: List[str], output_dir: str) -> List[str]:
     ]
     if len(set(outputs)) != len(outputs):
         clashes = sorted({o for o in outputs if outputs.count(o) > 1})
-        raise ValueError(f"Inputs with the same file name would overwrite {clashes}")
+        raise UserValueError(
+            f"Inputs with the same file name would overwrite {clashes}; give them in separate "
+            "runs with different --output folders."
+        )
     return outputs
 
 
@@ -121,7 +138,7 @@ def run_on_video(demo: VisualizationDemo, video_path: str, output: str) -> str:
     """Write the video with its predictions drawn over each frame; return the .mp4's path."""
     video = cv2.VideoCapture(video_path)
     if not video.isOpened():
-        raise FileNotFoundError(f"Cannot open the video {video_path}")
+        raise UserFileNotFoundError(f"Cannot open the video {video_path}")
     width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
     fps = video.get(cv2.CAP_PROP_FPS) or 25.0
@@ -145,13 +162,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     setup_logger(name="pointrend_sem")
     logger = setup_logger()
     cfg = setup(args, log=False)
+    check_weights_file(cfg.MODEL.WEIGHTS)
+    inputs = None if args.video_input else expand_inputs(args.input)  # before the model
     demo = VisualizationDemo(cfg, alpha=args.alpha)
+    if args.exported:
+        demo.predictor = ExportedPredictor(args.exported)  # same call: BGR in, "sem_seg" out
     if args.video_input:
         logger.info(f"Wrote {run_on_video(demo, args.video_input, args.output)}")
     else:
-        outputs = run_on_images(demo, expand_inputs(args.input), args.output)
+        outputs = run_on_images(demo, inputs, args.output)
         logger.info(f"Wrote {len(outputs)} overlays to {args.output}")
 
 
 if __name__ == "__main__":
-    main()
+    main_with_one_line_errors(main)()

@@ -16,7 +16,16 @@ PIECES = {
     "torch": ["torch", "torchvision"],
     "detectron2": ["detectron2"],
     # this package, installed (not only importable from the repository root) with its extras
-    "package": ["pytest", "pytest_timeout", "black", "isort", "flake8"],
+    "package": [
+        "pytest",
+        "pytest_timeout",
+        "black",
+        "isort",
+        "flake8",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
+    ],
     "mmseg": ["mmseg"],  # the reference of the parity tests
 }
 

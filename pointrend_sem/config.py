@@ -59,6 +59,11 @@ def add_pointrend_sem_config(cfg: CN) -> None:
     cfg.MODEL.POINTREND_SEM.SUBDIVISION_STEPS = 2
     # Inference: number of most uncertain points re-predicted at each subdivision step.
     cfg.MODEL.POINTREND_SEM.SUBDIVISION_NUM_POINTS = 8196
+    # Inference: if True, the padding that makes a batch's size divisible (FPN.SIZE_DIVISIBILITY,
+    # the batch's largest image) gets subdivision points only after every cell of the images
+    # themselves; False lets it compete for them, as detectron2's PointRend does (the same
+    # outputs as detectron2's at sizes that are not a multiple of 32).
+    cfg.MODEL.POINTREND_SEM.POINTS_OFF_PADDING = True
     # Loss weights of the coarse head's loss and of the point loss.
     cfg.MODEL.POINTREND_SEM.COARSE_LOSS_WEIGHT = 1.0
     cfg.MODEL.POINTREND_SEM.POINT_LOSS_WEIGHT = 1.0
@@ -98,6 +103,11 @@ def add_pointrend_sem_config(cfg: CN) -> None:
     # original size (detectron2, mmsegmentation); "direct" = one bilinear resize of the logits
     # covering the image straight to the original size (sssegmentation; it never pads).
     cfg.TEST.OUTPUT_RESIZE = "via_input"
+    # Precision of inference (CPU and CUDA): "fp32" (reproduces published numbers); "bf16" or
+    # "fp16" = the backbone and coarse head in that dtype, on a copy whose weights are cast once
+    # (checkpoints and training weights stay fp32), point selection, point head and the final
+    # logits in fp32; "auto" = bf16 on a CPU with AMX or a GPU with bf16 support, else fp32.
+    cfg.TEST.PRECISION = "fp32"
 
     # Test-time augmentation (with TEST.AUG.ENABLED and TEST.AUG.FLIP, detectron2's keys): scale
     # ratios relative to the base test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST);

@@ -3,17 +3,18 @@
 Used by ``demo/demo.py`` and ``tools/visualize_points.py``.
 """
 
+import logging
 from typing import Dict
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from detectron2.utils.colormap import colormap
 
+from .checkpoint import PointRendSemCheckpointer
 from .data import build_test_augmentations
 from .modeling.binary import num_output_channels
 
@@ -37,12 +38,20 @@ class SemSegPredictor:
     ``DefaultPredictor``), and the output comes back at the input's size
     (``TEST.OUTPUT_RESIZE``). The resize runs on the uint8 image, as in those pipelines. The
     prediction is the model's :meth:`~pointrend_sem.modeling.PointRendSemanticSegmentor.predict`.
+
+    ``MODEL.WEIGHTS`` may be a file or URL of a published checkpoint of mmsegmentation,
+    sssegmentation or detectron2, loaded as it is (:class:`PointRendSemCheckpointer`).
     """
 
     def __init__(self, cfg):
+        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+            logging.getLogger(__name__).info("CUDA is not available: the model runs on the CPU.")
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.DEVICE = "cpu"
         self.model = build_model(cfg)
         self.model.eval()
-        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        PointRendSemCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         self.augmentations = T.AugmentationList(build_test_augmentations(cfg))
         self.input_format = cfg.INPUT.FORMAT
 

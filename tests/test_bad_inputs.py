@@ -399,3 +399,37 @@ def test_tools_end_user_errors_in_one_line(tmp_path):
     not_metrics = write_image(tmp_path / "image.png", np.zeros((4, 4), np.uint8))
     proc = run_tool(tmp_path, "tools/plot_metrics.py", not_metrics, "--output", tmp_path / "c.png")
     assert_one_line_error(proc, not_metrics, "not a text file")
+
+
+def test_demo_and_weight_tools_end_user_errors_in_one_line(tmp_path):
+    config = "configs/demo_synthetic.yaml"
+    missing = tmp_path / "missing.png"
+    proc = run_tool(tmp_path, "demo/demo.py", "--config-file", config, "--input", missing,
+                    "--output", tmp_path / "out")  # fmt: skip
+    assert_one_line_error(proc, str(missing))
+    weights = tmp_path / "absent.pth"
+    proc = run_tool(tmp_path, "tools/visualize_points.py", "--config-file", config, "--input",
+                    missing, "--output", tmp_path / "p.png", "--opts", "MODEL.WEIGHTS",
+                    weights)  # fmt: skip
+    assert_one_line_error(proc, str(missing))
+    proc = run_tool(tmp_path, "tools/convert_weights.py", "--from", "mmseg", "--config-file",
+                    config, weights, tmp_path / "out.pth")  # fmt: skip
+    assert_one_line_error(proc, str(weights))
+
+
+@pytest.mark.parametrize("case", ["unreadable", "rgb", "size", "values"])
+def test_mapper_errors_are_user_errors(tmp_path, case):
+    image = write_image(tmp_path / "image.png", np.zeros((8, 8, 3), np.uint8))
+    label = write_image(tmp_path / "label.png", np.zeros((8, 8), np.uint8))
+    if case == "unreadable":
+        image = tmp_path / "broken.png"
+        image.write_bytes(b"not a png")
+    elif case == "rgb":
+        label = write_image(tmp_path / "label.png", np.zeros((8, 8, 3), np.uint8))
+    elif case == "size":
+        label = write_image(tmp_path / "label.png", np.zeros((4, 8), np.uint8))
+    else:
+        label = write_image(tmp_path / "label.png", np.full((8, 8), 9, np.uint8))
+    mapper = SemSegDatasetMapper(load_config(), is_train=True)
+    with pytest.raises(UserValueError):
+        mapper({"file_name": str(image), "sem_seg_file_name": str(label)})

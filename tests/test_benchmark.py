@@ -109,3 +109,20 @@ def test_compare_refuses_a_config_of_another_architecture():
     argv += ["--compare", "detectron2", "--height", "32", "--width", "32", "--runs", "1"]
     with pytest.raises(SystemExit, match="needs a config with detectron2's architecture"):
         benchmark.main(argv)
+
+
+def test_roofline_and_bf16_inference(tmp_path):
+    flags = ["--runs", "1", "--warmup", "0", "--roofline", "TEST.PRECISION", "bf16"]
+    results, stdout = run_benchmark(tmp_path, "demo_synthetic.yaml", 64, 96, *flags)
+
+    assert results["precision"] == "bf16" and results["opts"] == "TEST.PRECISION bf16"
+    for dtype in ("fp32", "bf16"):
+        for workload in ("matmul", "conv"):
+            assert results[f"ceiling_{dtype}_{workload}_gflops"] > 0
+    assert results["gflop"] > 0 and results["achieved_gflops"] > 0
+    assert results["ceiling_fraction"] > 0
+    expected = results["gflop"] / (results["latency_median_ms"] / 1000)
+    assert results["achieved_gflops"] == pytest.approx(expected)
+    rows = table_rows(stdout)
+    assert rows["inference precision (TEST.PRECISION)"] == "bf16"
+    assert rows["ours: fraction of its precision's conv ceiling"].endswith("%")

@@ -132,3 +132,32 @@ def test_detectron2_checkpoint_loads_as_is_with_identical_outputs(tmp_path, size
     else:
         assert torch.equal(got.argmax(0), expected.argmax(0))
         assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_detectron2_recipe_matches_detectron2_at_an_odd_size(tmp_path):
+    """At a size that is not a multiple of 32 (257x389) and detectron2's 8192 subdivision points,
+    the padding competes for points in both (``POINTS_OFF_PADDING: False`` in the recipe): the
+    same argmax, logits within 1e-4 of their magnitude. The speed-ups are off (channels-last,
+    folded norms), so the arithmetic is detectron2's."""
+    pytest.importorskip("detectron2.projects.point_rend")
+    torch.manual_seed(2)
+    reference = detectron2_pointrend(50, 8192)
+    randomize_norms(reference, seed=0)
+    zoo = tmp_path / "model_final.pkl"
+    with open(zoo, "wb") as f:
+        arrays = {k: v.numpy() for k, v in reference.state_dict().items()}
+        pickle.dump({"model": arrays, "__author__": "Detectron2 Model Zoo"}, f)
+
+    opts = ["MODEL.RESNETS.DEPTH", 50, "MODEL.CHANNELS_LAST", False, "MODEL.FOLD_NORMS", False]
+    cfg = load_config("cityscapes_r101_detectron2.yaml", opts)
+    assert cfg.MODEL.POINTREND_SEM.SUBDIVISION_NUM_POINTS == 8192
+    assert not cfg.MODEL.POINTREND_SEM.POINTS_OFF_PADDING
+    ours = build_model(cfg).eval()
+    DetectionCheckpointer(ours).load(str(zoo))
+    image = torch.randint(0, 256, (3, 257, 389), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = reference([{"image": image}])[0]["sem_seg"]
+        got = ours([{"image": image}])[0]["sem_seg"]
+    assert got.shape == expected.shape
+    assert torch.equal(got.argmax(0), expected.argmax(0))
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()

@@ -25,6 +25,10 @@ times (the same image for every run):
   ``model.sem_seg_head.point_logits`` (point feature sampling + point head MLP) and in the
   selection of uncertain points (``select_uncertain_grid_points``), as a fraction of that pass
   (timed through Python's profiler hook; the run stops with an error if either is not called);
+* --roofline: the machine's fp32 and bf16 ceilings (GFLOP/s of a large matmul and of a 3x3
+  conv 256 -> 256 channels at 128 x 256, best of 5), each model's FLOPs in one pass (2 per
+  multiply-add, ``torch.utils.flop_counter``), the GFLOP/s its median latency achieves and that
+  as a fraction of the conv ceiling of its precision (``TEST.PRECISION``; references run fp32);
 * --train: training iteration time (forward, backward, optimizer step; model.train(), in an
   EventStorage) on --batch-size random images with random labels at the config's crop size;
 * --data-loader: images/s of the config's train loader (``Trainer.build_train_loader``) over
@@ -50,15 +54,34 @@ import json
 from typing import Any, Dict, List, Optional
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from pointrend_sem.checkpoint import PointRendSemCheckpointer
 from pointrend_sem.engine import setup
+from pointrend_sem.errors import main_with_one_line_errors
 
 if __package__:  # imported, e.g. ``from tools import benchmark`` (the tests)
-    from .benchmarking import inputs, measure, point_share, references, report, training
+    from .benchmarking import (
+        exported,
+        inputs,
+        measure,
+        point_share,
+        references,
+        report,
+        roofline,
+        training,
+    )
 else:  # run as ``python tools/benchmark.py``: tools/ is the first entry of sys.path
-    from benchmarking import inputs, measure, point_share, references, report, training
+    from benchmarking import (
+        exported,
+        inputs,
+        measure,
+        point_share,
+        references,
+        report,
+        roofline,
+        training,
+    )
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -79,7 +102,17 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare", choices=references.COMPARE_CHOICES, help="reference to compare with"
     )
+    parser.add_argument(
+        "--exported",
+        metavar="PATH",
+        help="time this file of tools/export_model.py against ours (benchmarking/exported.py)",
+    )
     parser.add_argument("--train", action="store_true", help="also time training iterations")
+    parser.add_argument(
+        "--roofline",
+        action="store_true",
+        help="also measure the fp32/bf16 FLOP/s ceilings and each model's FLOPs and share of them",
+    )
     parser.add_argument(
         "--data-loader", action="store_true", help="also measure the train loader's throughput"
     )
@@ -107,6 +140,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     cfg = setup(args, log=False)
     device = cfg.MODEL.DEVICE
     results = report.describe_run(args, cfg)
+    results["precision"] = roofline.effective_precision(cfg)
 
     torch.manual_seed(args.seed)
     model = build_model(cfg).eval()
@@ -120,11 +154,28 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         contenders.append(references.build_reference(args.compare, cfg, model, image_rgb, args))
         results["reference"] = args.compare
     elif args.weights:
-        DetectionCheckpointer(model).load(args.weights)
+        PointRendSemCheckpointer(model).load(args.weights)
+    if args.exported and not args.compare:
+        image = inputs.in_format(image_rgb, cfg.INPUT.FORMAT)
+        contenders.append(exported.build_exported_contender(args.exported, image, args.batch_size))
+        results["reference"] = f"exported {args.exported}"
 
     records = measure.time_alternating(contenders, args.runs, args.warmup, device)
     results.update(report.inference_fields(records, args.batch_size))
     results.update(point_share.measure_point_share(model, ours.forward, device))
+    if args.roofline:
+        results.update(roofline.measure_ceilings(device))
+        for contender in contenders:
+            prefix = "" if contender is ours else "reference_"
+            results.update(
+                roofline.roofline_fields(
+                    prefix,
+                    roofline.count_flops(contender.forward),
+                    results[f"{prefix}latency_median_ms"],
+                    results["precision"] if contender is ours else "fp32",
+                    results,
+                )
+            )
     if args.train:
         results.update(training.measure_training(cfg, model, args))
     if args.data_loader:
@@ -138,4 +189,4 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    main_with_one_line_errors(main)()

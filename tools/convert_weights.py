@@ -27,34 +27,26 @@ converts as it is.
 """
 
 import argparse
+import os
 import re
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from pointrend_sem import add_pointrend_sem_config
-from pointrend_sem.convert import ConversionError, check_state_dict
-from pointrend_sem.convert.mmseg import convert_mmseg_pointrend
-from pointrend_sem.convert.placement import BACKBONE_PREFIX, BN_COUNTER
-from pointrend_sem.convert.resnet import convert_resnet_backbone
-from pointrend_sem.convert.sssegmentation import convert_sssegmentation_pointrend
-
-BACKBONE_SOURCES = ("mmcv", "torchvision")
-MODEL_SOURCES = ("mmseg", "sssegmentation")
-
-
-def converter(
-    source: str, fold_point_head_norms: bool = False
-) -> Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]:
-    """The renaming function of ``source`` (``fold_point_head_norms``: sssegmentation only)."""
-    if source in BACKBONE_SOURCES:
-        return lambda state: convert_resnet_backbone(state, source)
-    if source == "mmseg":
-        return convert_mmseg_pointrend
-    return lambda state: convert_sssegmentation_pointrend(state, fold_point_head_norms)
+from pointrend_sem.convert import ConversionError
+from pointrend_sem.convert.placement import BACKBONE_PREFIX
+from pointrend_sem.convert.published import (  # noqa: F401  (converter: for scripts and tests)
+    BACKBONE_SOURCES,
+    MODEL_SOURCES,
+    check_converted,
+    convert_checkpoint,
+    converter,
+)
+from pointrend_sem.errors import UserFileNotFoundError, main_with_one_line_errors
 
 
 def load_state_dict(path: str, unsafe: bool = False) -> Dict[str, torch.Tensor]:
@@ -127,9 +119,13 @@ def main(argv=None) -> int:
     if args.fold_point_head_norms and args.source != "sssegmentation":
         print("error: --fold-point-head-norms is for --from sssegmentation.", file=sys.stderr)
         return 2
+    if not os.path.isfile(args.input):
+        raise UserFileNotFoundError(f"The checkpoint {args.input} to convert does not exist.")
     try:
         state = load_state_dict(args.input, args.unsafe_load)
-        converted = converter(args.source, args.fold_point_head_norms)(state)
+        converted = convert_checkpoint(
+            state, args.source, fold_point_head_norms=args.fold_point_head_norms
+        )
     except (KeyError, ValueError) as e:  # a ConversionError lists every key at fault
         print(f"error: {args.input}: {e}\nnothing written.", file=sys.stderr)
         return 1
@@ -154,12 +150,7 @@ def main(argv=None) -> int:
     if args.fold_point_head_norms:
         opts += ["MODEL.POINTREND_SEM.FC_NORM", ""]
     try:
-        check_state_dict(
-            converted,
-            target_state(config_file, opts),
-            required_prefix="" if args.source in MODEL_SOURCES else BACKBONE_PREFIX,
-            optional_suffixes=(BN_COUNTER,),
-        )
+        check_converted(converted, args.source, target_state(config_file, opts))
     except ConversionError as e:
         print(
             f"error: {args.input} does not fit {config_file}: {e}\nnothing written.",
@@ -176,4 +167,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_with_one_line_errors(main)())

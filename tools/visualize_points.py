@@ -17,11 +17,11 @@ whole-image inference (``TEST.SLIDING_WINDOW.ENABLED`` False) and its coarse pre
 
 import argparse
 import logging
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
@@ -29,8 +29,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from pointrend_sem.checkpoint import PointRendSemCheckpointer
 from pointrend_sem.data import build_test_augmentations
-from pointrend_sem.engine import setup
+from pointrend_sem.engine import check_weights_file, setup
+from pointrend_sem.errors import UserFileNotFoundError, main_with_one_line_errors
 from pointrend_sem.modeling import SubdivisionTrace, calculate_uncertainty
 from pointrend_sem.predictor import display_metadata, to_model_inputs
 
@@ -216,9 +218,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(argv)
     args.opts = list(args.opts) + FORCED_OPTS
     cfg = setup(args, log=False)
+    if not os.path.isfile(args.input):
+        raise UserFileNotFoundError(f"The image {args.input} (--input) does not exist.")
     model = build_model(cfg)
     model.eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    check_weights_file(cfg.MODEL.WEIGHTS)
+    PointRendSemCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     image = read_image(args.input, format=cfg.INPUT.FORMAT)
     augmentations = T.AugmentationList(build_test_augmentations(cfg))
     result = collect_subdivision(model, to_model_inputs(image, augmentations))
@@ -239,4 +244,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    main()
+    main_with_one_line_errors(main)()

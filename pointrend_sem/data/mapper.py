@@ -10,6 +10,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
 
+from ..errors import UserValueError
 from ..modeling.binary import num_output_channels
 from .augmentations import build_test_augmentations, build_train_augmentations
 
@@ -26,13 +27,13 @@ def read_label(file_name: str) -> np.ndarray:
         with Image.open(file_name) as label:
             label.load()
             if label.mode in ("RGB", "RGBA"):
-                raise ValueError(
+                raise UserValueError(
                     f"Label {file_name} is an {label.mode} image; labels must be single-channel "
                     "class indices (mode L, P or I). Convert colour-coded labels to class ids."
                 )
             return np.asarray(label)
     except (OSError, SyntaxError) as e:
-        raise ValueError(f"Cannot read label {file_name}: {e}") from e
+        raise UserValueError(f"Cannot read label {file_name}: {e}") from e
 
 
 class SemSegDatasetMapper:
@@ -94,7 +95,7 @@ class SemSegDatasetMapper:
             gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
             return np.repeat(gray[:, :, None], 3, axis=2)
         except (OSError, SyntaxError, ValueError) as e:
-            raise ValueError(f"Cannot read image {file_name}: {e}") from e
+            raise UserValueError(f"Cannot read image {file_name}: {e}") from e
 
     def _check_label(self, label: np.ndarray, file_name: str) -> None:
         # a one-class (binary) model has labels 0 = background, 1 = foreground
@@ -104,7 +105,7 @@ class SemSegDatasetMapper:
         values = np.unique(label)
         bad = values[(values >= num_labels) & (values != self.ignore_label)]
         if len(bad):
-            raise ValueError(
+            raise UserValueError(
                 f"Label {file_name} has values {bad.tolist()} outside [0, {num_labels}) "
                 f"that are not the ignore value {self.ignore_label}; fix the label files or "
                 "MODEL.SEM_SEG_HEAD.NUM_CLASSES / IGNORE_VALUE."
@@ -119,7 +120,7 @@ class SemSegDatasetMapper:
         if self.is_train and label_file is not None:
             label = read_label(label_file)
             if label.shape != image.shape[:2]:
-                raise ValueError(
+                raise UserValueError(
                     f"Image {dataset_dict['file_name']} is {image.shape[1]}x{image.shape[0]} but "
                     f"its label {label_file} is {label.shape[1]}x{label.shape[0]} (WxH); they "
                     "must have the same size."

@@ -32,6 +32,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
+from ..checkpoint import PointRendSemCheckpointer
 from ..data import SemSegDatasetMapper
 from ..errors import UserValueError
 from ..evaluation import (
@@ -40,6 +41,7 @@ from ..evaluation import (
     is_cityscapes_test_split,
 )
 from ..test_time_augmentation import SemanticSegmentorWithTTA
+from .amp import CPUAMPTrainerMixin
 from .checkpoint import make_writes_atomic
 from .lr_schedule import build_poly_lr_scheduler
 from .setup import checkpoint_to_read, explain_unreadable_checkpoint
@@ -54,7 +56,7 @@ EVALUATOR_BUILDERS: Dict[str, Callable[[str, str], List[DatasetEvaluator]]] = {
 }
 
 
-class Trainer(DefaultTrainer):
+class Trainer(CPUAMPTrainerMixin, DefaultTrainer):  # SOLVER.AMP.ENABLED on CPU: see .amp
     """DefaultTrainer for PointRend semantic segmentation.
 
     * train loader: :class:`SemSegDatasetMapper` with the recipe's augmentations;
@@ -112,7 +114,11 @@ class Trainer(DefaultTrainer):
         """detectron2's hooks, its PeriodicWriter (every 20 iterations) replaced by one that
         writes every ``cfg.LOG_PERIOD`` iterations. The new hook takes the writers that
         ``DefaultTrainer.build_hooks`` built through :meth:`build_writers`, so each writer
-        (metrics.json opened for appending, TensorBoard's event file) exists once."""
+        (metrics.json opened for appending, TensorBoard's event file) exists once.
+
+        The checkpointer becomes a :class:`PointRendSemCheckpointer` first (published
+        checkpoints of other code bases load as ``MODEL.WEIGHTS``), before the hooks take it."""
+        self.checkpointer = PointRendSemCheckpointer.from_checkpointer(self.checkpointer)
         return [
             (
                 hooks.PeriodicWriter(self._metric_writers, period=self.cfg.LOG_PERIOD)

@@ -13,10 +13,12 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.structures import ImageList
+from torch import nn
 from torch.nn import functional as F
 
 from .binary import as_two_channels
 from .conv_norm_folding import fold_norms_in_inference
+from .precision import PRECISIONS, ReducedPrecisionCopy, resolve_precision
 from .subdivision_trace import SubdivisionTrace
 
 # TEST.OUTPUT_RESIZE values, see postprocess_logits
@@ -152,6 +154,7 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         fold_norms: bool = False,
         output_resize: str = "via_input",
         train_crop_padding: Optional[Tuple[Tuple[int, int], bool]] = None,
+        precision: str = "fp32",
         **kwargs,
     ):
         """
@@ -169,6 +172,9 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             train_crop_padding: ((crop_h, crop_w), centered) to pad training images (with 0
                 after normalization) and labels (with the ignore value) to the crop size, or
                 None to pad to the largest image of the batch (``INPUT.TRAIN_PADDING``).
+            precision: ``TEST.PRECISION`` of inference, "fp32", "bf16", "fp16" or "auto": the
+                backbone and coarse head run in that dtype on a cached copy, the rest in fp32
+                (:mod:`.precision`).
             kwargs: see :class:`SemanticSegmentor`.
         """
         super().__init__(**kwargs)
@@ -185,6 +191,12 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             self.to(memory_format=torch.channels_last)
         if fold_norms:
             fold_norms_in_inference(self)
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"TEST.PRECISION must be one of {list(PRECISIONS)}, got {precision!r}."
+            )
+        self.precision = precision
+        self._reduced_copies: Dict[str, ReducedPrecisionCopy] = {}
 
     @classmethod
     def from_config(cls, cfg):
@@ -194,6 +206,7 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         ret["fold_norms"] = cfg.MODEL.FOLD_NORMS
         ret["train_crop_padding"] = train_crop_padding_from_config(cfg)
         ret["output_resize"] = cfg.TEST.OUTPUT_RESIZE
+        ret["precision"] = cfg.TEST.PRECISION
         window = cfg.TEST.SLIDING_WINDOW
         if window.ENABLED:
             ret["sliding_window"] = (tuple(window.CROP_SIZE), tuple(window.STRIDE))
@@ -347,14 +360,20 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             (C, H_out, W_out).
         """
         batch = self.pad_images(images)
-        features = self.backbone(batch.tensor)
+        backbone, coarse_head, dtype = self.inference_modules()
+        features = backbone(batch.tensor if dtype is None else batch.tensor.to(dtype))
         padded_size = tuple(batch.tensor.shape[-2:])
         sizes = torch.tensor(batch.image_sizes, dtype=torch.float32, device=self.device)
         valid_fraction = sizes / torch.tensor(padded_size, dtype=torch.float32, device=self.device)
         if trace is not None:
             trace.padded_size = padded_size
             trace.image_sizes = [tuple(size) for size in batch.image_sizes]
-        refined, coarse = self.sem_seg_head.inference(features, valid_fraction, trace)
+        if coarse_head is None:
+            refined, coarse = self.sem_seg_head.inference(features, valid_fraction, trace)
+        else:
+            refined, coarse = self.sem_seg_head.inference(
+                features, valid_fraction, trace, coarse_head=coarse_head
+            )
         direct = self.output_resize == "direct"
         outputs = []
         for i, size in enumerate(batch.image_sizes):
@@ -369,6 +388,24 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
                 }
             )
         return outputs
+
+    def inference_modules(self) -> Tuple[nn.Module, Optional[nn.Module], Optional[torch.dtype]]:
+        """(backbone, coarse head, dtype) that :meth:`predict` runs with ``TEST.PRECISION``:
+        the model's own backbone, None (the head's own coarse head) and None in fp32; cached
+        reduced-precision copies (:class:`.precision.ReducedPrecisionCopy`, rebuilt when a
+        parameter changes) and their dtype otherwise."""
+        dtype = resolve_precision(self.precision, self.device)
+        if dtype is None:
+            return self.backbone, None, None
+        coarse_head = getattr(self.sem_seg_head, "coarse_sem_seg_head", None)
+        modules = {"backbone": self.backbone, "coarse_head": coarse_head}
+        copies = {}
+        for name, module in modules.items():
+            cached = self._reduced_copies.get(name)
+            if cached is None or cached.dtype != dtype:
+                cached = self._reduced_copies[name] = ReducedPrecisionCopy(dtype)
+            copies[name] = None if module is None else cached.get(module)
+        return copies["backbone"], copies["coarse_head"], dtype
 
     def _predict_sliding(
         self, image: torch.Tensor, output_size: Tuple[int, int]

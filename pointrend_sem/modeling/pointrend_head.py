@@ -22,6 +22,7 @@ from .binary import is_one_logit, one_logit_loss_sum
 from .coarse_head import init_coarse_head_
 from .point_head import build_point_head
 from .point_sampling import sample_training_points, select_uncertain_grid_points
+from .precision import point_sample_as_float
 from .subdivision_trace import SubdivisionTrace
 
 
@@ -105,6 +106,7 @@ class PointRendSemHead(nn.Module):
         coarse_loss_weight: float = 1.0,
         point_loss_weight: float = 1.0,
         loss_avg_non_ignore: bool = True,
+        points_off_padding: bool = True,
     ):
         """
         Args:
@@ -118,6 +120,9 @@ class PointRendSemHead(nn.Module):
             subdivision_steps, subdivision_num_points: S and M of adaptive subdivision.
             coarse_loss_weight, point_loss_weight: loss weights.
             loss_avg_non_ignore: see :func:`cross_entropy_with_ignore`.
+            points_off_padding: in inference, give the padding of a batch subdivision points
+                last (the ``valid_fraction`` of :meth:`inference`); False ignores
+                ``valid_fraction``, as detectron2's PointRend does.
         """
         super().__init__()
         self.coarse_sem_seg_head = coarse_sem_seg_head
@@ -132,6 +137,7 @@ class PointRendSemHead(nn.Module):
         self.coarse_loss_weight = coarse_loss_weight
         self.point_loss_weight = point_loss_weight
         self.loss_avg_non_ignore = loss_avg_non_ignore
+        self.points_off_padding = points_off_padding
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -158,6 +164,7 @@ class PointRendSemHead(nn.Module):
             "coarse_loss_weight": head_cfg.COARSE_LOSS_WEIGHT,
             "point_loss_weight": head_cfg.POINT_LOSS_WEIGHT,
             "loss_avg_non_ignore": head_cfg.LOSS_AVG_NON_IGNORE,
+            "points_off_padding": head_cfg.POINTS_OFF_PADDING,
         }
 
     def forward(
@@ -202,7 +209,12 @@ class PointRendSemHead(nn.Module):
         """
         fine_grained = torch.cat(
             [
-                point_sample(features[f], point_coords, align_corners=False)
+                (
+                    point_sample(features[f], point_coords, align_corners=False)
+                    if features[f].dtype == point_coords.dtype
+                    or torch.is_autocast_enabled(features[f].device.type)
+                    else point_sample_as_float(features[f], point_coords, coarse_logits.dtype)
+                )
                 for f in self.in_features
             ],
             dim=1,
@@ -258,6 +270,7 @@ class PointRendSemHead(nn.Module):
         features: Dict[str, torch.Tensor],
         valid_fraction: Optional[torch.Tensor] = None,
         trace: Optional[SubdivisionTrace] = None,
+        coarse_head: Optional[nn.Module] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Predictions by adaptive subdivision: the head's inference contract.
 
@@ -268,16 +281,24 @@ class PointRendSemHead(nn.Module):
             features: backbone feature maps of the padded batch, each (N, C_f, H_f, W_f).
             valid_fraction: (N, 2) fraction (height, width) of the padded batch covered by each
                 image; its padding gets points last (see :func:`select_uncertain_grid_points`).
-                None: the images fill the batch.
+                None: the images fill the batch. Ignored unless ``points_off_padding``.
             trace: if given, each step is appended to ``trace.steps``
                 (:meth:`SubdivisionTrace.add_step`).
+            coarse_head: run instead of ``coarse_sem_seg_head`` (a reduced-precision copy,
+                :mod:`.precision`); its logits are cast to fp32, so that point selection, the
+                point head and the refined logits are fp32 whatever the features' dtype.
 
         Returns:
             refined: (N, C, H_c * 2^S, W_c * 2^S) logits.
             coarse: (N, C, H_c, W_c) coarse logits.
         """
-        coarse_logits = self.coarse_sem_seg_head.layers(features)
+        if coarse_head is None:
+            coarse_logits = self.coarse_sem_seg_head.layers(features)
+        else:
+            coarse_logits = coarse_head.layers(features).float()
         logits = coarse_logits
+        if not self.points_off_padding:
+            valid_fraction = None
         for _ in range(self.subdivision_steps):
             logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
             point_indices, point_coords = select_uncertain_grid_points(

@@ -1,0 +1,63 @@
+"""Mixed-precision training on CPU: ``SOLVER.AMP.ENABLED`` with bf16 autocast.
+
+detectron2's :class:`AMPTrainer` asserts CUDA at its first step (fp16 autocast with a gradient
+scaler). On CPU, :class:`CPUAMPTrainer` runs each step under ``torch.autocast("cpu",
+torch.bfloat16)`` instead; bf16 has fp32's exponent range, so no gradient scaler is needed.
+Parameters, gradients, optimizer state and checkpoints stay fp32.
+
+The adapter: ``DefaultTrainer.__init__`` builds the step trainer itself
+(``self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(...)``, no hook).
+:class:`CPUAMPTrainerMixin`, put before ``DefaultTrainer`` in a trainer's bases, intercepts that
+assignment: an :class:`AMPTrainer` over a CPU model is replaced by a :class:`CPUAMPTrainer` over
+the same model, data loader and optimizer. CUDA models keep detectron2's AMPTrainer.
+"""
+
+import logging
+
+import torch
+from detectron2.engine import AMPTrainer, SimpleTrainer
+
+logger = logging.getLogger(__name__)
+
+
+class CPUAMPTrainer(SimpleTrainer):
+    """detectron2's :class:`SimpleTrainer` step (forward, backward, optimizer step) under CPU
+    autocast in ``precision`` (bf16), without a gradient scaler."""
+
+    def __init__(self, model, data_loader, optimizer, precision: torch.dtype = torch.bfloat16):
+        super().__init__(model, data_loader, optimizer)
+        self.precision = precision
+
+    def run_step(self):
+        # Autocast changes only the ops it lists (convs, matmuls run in bf16, losses and norms in
+        # fp32); backward runs each op in the dtype of its forward, the optimizer in fp32.
+        with torch.autocast("cpu", dtype=self.precision):
+            super().run_step()
+
+
+def on_cpu(model) -> bool:
+    """Whether ``model`` (or the module a DistributedDataParallel wraps) is on the CPU."""
+    param = next(model.parameters(), None)
+    return param is None or param.device.type == "cpu"
+
+
+def adapt_step_trainer(trainer):
+    """``trainer``, or a :class:`CPUAMPTrainer` over the same model, data loader and optimizer
+    when it is an :class:`AMPTrainer` of a CPU model."""
+    if isinstance(trainer, AMPTrainer) and on_cpu(trainer.model):
+        logger.info("SOLVER.AMP.ENABLED on CPU: bf16 autocast without a gradient scaler.")
+        return CPUAMPTrainer(trainer.model, trainer.data_loader, trainer.optimizer)
+    return trainer
+
+
+class CPUAMPTrainerMixin:
+    """Makes ``SOLVER.AMP.ENABLED`` work on CPU for a :class:`DefaultTrainer` subclass: the step
+    trainer it assigns to ``_trainer`` goes through :func:`adapt_step_trainer`."""
+
+    @property
+    def _trainer(self):
+        return self.__dict__["_step_trainer"]
+
+    @_trainer.setter
+    def _trainer(self, trainer):
+        self.__dict__["_step_trainer"] = adapt_step_trainer(trainer)

@@ -1,0 +1,200 @@
+"""Reduced-precision inference (``TEST.PRECISION``): the backbone and the coarse head in bf16 or
+fp16 with weights cast once, the rest of PointRend in fp32.
+
+Shape shorthand in this module: N: images, C_f x H_f x W_f: one backbone feature map.
+
+What runs in which precision, and why (``PointRendSemanticSegmentor.predict``):
+
+* backbone and coarse head: reduced precision, on a cached copy (:class:`ReducedPrecisionCopy`)
+  whose batch norms are folded into the convolutions in fp32 before the cast. These hold nearly
+  all the FLOPs, and bf16 matrix units (AMX, tensor cores) run them several times faster;
+* coarse logits: cast to fp32 as they leave the coarse head, so that the subdivision's bilinear
+  upsampling, the uncertainty ranking and the choice of points see fp32 logits;
+* point head: fp32 on point features sampled from the reduced-precision feature maps (only the
+  sampled values are cast, not the maps); it is a small MLP over a few thousand points per
+  step, and it decides the class of exactly the pixels on the boundaries;
+* final logits: fp32.
+
+The fp32 parameters, the state dict and checkpoints are left as they are: training, a
+checkpoint load or ``model.to(device)`` after an inference makes the cached copy stale, and the
+next inference rebuilds it.
+"""
+
+import copy
+import functools
+import logging
+from typing import Optional, Tuple
+
+import torch
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from torch import nn
+
+from .conv_norm_folding import _BATCH_NORMS, _is_foldable, fold_batch_norm
+
+logger = logging.getLogger(__name__)
+
+# TEST.PRECISION values and the dtype each runs the backbone and coarse head in (None: fp32)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": None}
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bf16 tiles (Linux ``/proc/cpuinfo`` flag ``amx_bf16``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device) -> Optional[torch.dtype]:
+    """The dtype of the backbone and coarse head for ``TEST.PRECISION`` on ``device``; None for
+    fp32.
+
+    "auto" is bf16 on a CPU with AMX and on a CUDA GPU that supports bf16, fp32 elsewhere (its
+    choice is logged once per device).
+
+    Raises:
+        ValueError: for an unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"TEST.PRECISION is {precision!r}; choose one of {list(PRECISIONS)}.")
+    if precision != "auto":
+        return PRECISIONS[precision]
+    return _auto_precision(torch.device(device).type)
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_precision(device_type: str) -> Optional[torch.dtype]:
+    if device_type == "cuda":
+        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        reason = "a CUDA GPU with bf16 support" if use_bf16 else "a CUDA GPU without bf16"
+    elif device_type == "cpu":
+        use_bf16 = cpu_has_amx()
+        reason = "a CPU with AMX" if use_bf16 else "a CPU without AMX"
+    else:
+        use_bf16, reason = False, f"device type {device_type!r}"
+    choice = "bf16" if use_bf16 else "fp32"
+    logger.info(f"TEST.PRECISION auto: {choice} backbone and coarse head on {reason}.")
+    return torch.bfloat16 if use_bf16 else None
+
+
+def _state_key(module: nn.Module) -> Tuple:
+    """Identity and version of every parameter and buffer: changes when one is updated in place
+    (optimizer step, checkpoint load), replaced, or moved."""
+    return tuple(
+        (name, t.data_ptr(), t._version, t.dtype, t.device)
+        for name, t in list(module.named_parameters()) + list(module.named_buffers())
+    )
+
+
+def _fold_norms_(module: nn.Module) -> None:
+    """Fold, in place and in the tensors' dtype, every foldable batch norm of a detectron2
+    ``Conv2d`` of ``module`` into the conv's weight and bias, leaving ``conv.norm`` None."""
+    for conv in module.modules():
+        norm = getattr(conv, "norm", None)
+        if not isinstance(conv, Conv2d) or not isinstance(
+            norm, (FrozenBatchNorm2d,) + _BATCH_NORMS
+        ):
+            continue
+        if not _is_foldable(norm):
+            continue
+        weight, bias = fold_batch_norm(
+            conv.weight.detach(),
+            None if conv.bias is None else conv.bias.detach(),
+            norm.weight,
+            norm.bias,
+            norm.running_mean,
+            norm.running_var,
+            norm.eps,
+        )
+        layout = (
+            torch.channels_last
+            if conv.weight.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
+        conv.weight = nn.Parameter(weight.contiguous(memory_format=layout), requires_grad=False)
+        conv.bias = nn.Parameter(bias, requires_grad=False)
+        conv.norm = None
+        # a NormFoldedConv2d becomes a plain Conv2d: its norm is in the weights now
+        conv.__class__ = Conv2d
+
+
+class ReducedPrecisionCopy:
+    """An eval-mode copy of a module for inference in a reduced dtype, with its batch norms
+    folded (in fp32, then cast), rebuilt whenever a parameter or buffer of the original changes.
+
+    Floating-point parameters and buffers are cast once per rebuild, not per call as
+    ``torch.autocast`` does. The copy is not a submodule of anything: state dicts, checkpoints,
+    optimizers and ``.to()`` see only the original.
+    """
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+        self._key = None
+        self._copy: Optional[nn.Module] = None
+
+    def get(self, module: nn.Module) -> nn.Module:
+        """The reduced-precision copy of ``module``, rebuilt if ``module`` changed since the
+        last call."""
+        key = (id(module), _state_key(module))
+        if self._copy is None or key != self._key:
+            self._copy = None  # release the stale copy first
+            with torch.no_grad():
+                reduced = copy.deepcopy(module).eval()
+                for sub in reduced.modules():
+                    sub.__dict__.pop("_folded_cache", None)
+                    sub.__dict__.pop("_reduced_precision", None)
+                _fold_norms_(reduced)
+                reduced.to(self.dtype)
+            for param in reduced.parameters():
+                param.requires_grad_(False)
+            self._copy, self._key = reduced, key
+        return self._copy
+
+    def __deepcopy__(self, memo):
+        # a copied model rebuilds its own copy on first use
+        return ReducedPrecisionCopy(self.dtype)
+
+
+def point_sample_as_float(
+    features: torch.Tensor, point_coords: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Bilinear samples of reduced-precision feature maps at fp32 points, in ``dtype``:
+    ``point_sample(features.to(dtype), point_coords, align_corners=False)`` (zero padding)
+    without casting the whole map, and without rounding the coordinates to the maps' dtype
+    (``grid_sample`` wants them in the same dtype: bf16 coordinates are off by up to a cell).
+
+    Args:
+        features: (N, C_f, H_f, W_f) feature maps of any float dtype and memory layout.
+        point_coords: (N, P, 2) (x, y) in [0, 1].
+
+    Returns:
+        (N, C_f, P) samples.
+    """
+    n, channels, height, width = features.shape
+    points = point_coords.shape[1]
+    x = point_coords[..., 0].float() * width - 0.5  # coordinates in fp32 whatever ``dtype``
+    y = point_coords[..., 1].float() * height - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    corners_x = torch.stack([x0, x0 + 1, x0, x0 + 1], dim=1)  # (N, 4, P)
+    corners_y = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=1)
+    weights = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=1)
+    inside = (corners_x >= 0) & (corners_x < width) & (corners_y >= 0) & (corners_y < height)
+    weights = (weights * inside).to(dtype)
+    index = (corners_y.clamp(0, height - 1) * width + corners_x.clamp(0, width - 1)).long()
+    if features.is_contiguous(memory_format=torch.channels_last):
+        # (N, H_f * W_f, C_f) rows, a view: gather whole rows of channels
+        rows = features.permute(0, 2, 3, 1).reshape(n, height * width, channels)
+        batch = torch.arange(n, device=features.device)[:, None]
+        gathered = rows[batch, index.reshape(n, 4 * points)].to(dtype)  # (N, 4P, C_f)
+        gathered = gathered.reshape(n, 4, points, channels) * weights[..., None]
+        return gathered.sum(dim=1).transpose(1, 2)
+    flat = features.flatten(2)
+    gathered = flat.gather(2, index.reshape(n, 1, 4 * points).expand(n, channels, 4 * points))
+    gathered = gathered.to(dtype).reshape(n, channels, 4, points)
+    return (gathered * weights[:, None]).sum(dim=2)

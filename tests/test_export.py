@@ -1,0 +1,221 @@
+"""Export of the whole inference (``pointrend_sem.export``, ``tools/export_model.py``): every
+format reproduces eager PyTorch, the runner needs no training stack, unsupported options are
+refused.
+
+AOTInductor compiles C++ (about 2 minutes on 2 CPU cores), so it is tested at one size of the
+demo config only; ONNX and torch.export's .pt2 at two sizes (one odd) of the demo config and of
+the R-50 mmsegmentation recipe.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, load_config, run_command
+from detectron2.modeling import build_model
+
+from pointrend_sem.export.module import (
+    ExportableSegmentor,
+    UnsupportedExportOption,
+    agreement,
+    check_exportable,
+    export_model,
+    random_image,
+)
+from pointrend_sem.export.runner import ExportedPredictor, load_graph
+
+CONFIGS = {
+    "demo": ("demo_synthetic.yaml", []),
+    # the mmsegmentation recipe with BN instead of SyncBN (one process), few points
+    "r50": (
+        "cityscapes_r50.yaml",
+        [
+            "MODEL.RESNETS.NORM", "BN",
+            "MODEL.SEM_SEG_HEAD.NORM", "BN",
+            "MODEL.POINTREND_SEM.SUBDIVISION_NUM_POINTS", 512,
+        ],
+    ),
+}  # fmt: skip
+SIZES = [(64, 96), (61, 83)]  # the second is padded to the backbone's size divisibility
+MIN_SAME_CLASS, MAX_REL_DIFF = 0.9999, 1e-4
+
+
+def randomize_norms_(model: torch.nn.Module, seed: int = 0) -> None:
+    """Random running statistics and affine parameters in every batch norm, as a trained model
+    has (so that folding them is tested)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+
+
+@pytest.fixture(scope="module")
+def models():
+    built = {}
+    for name, (config, opts) in CONFIGS.items():
+        cfg = load_config(config, opts)
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        randomize_norms_(model)
+        built[name] = (cfg, model)
+    return built
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, models):
+    """Exported files, written once: ``exports(config, (H, W), fmt) -> path``."""
+    folder = tmp_path_factory.mktemp("exports")
+    cache = {}
+
+    def get(name, size, fmt):
+        key = (name, size, fmt)
+        if key not in cache:
+            cfg, model = models[name]
+            suffix = ".pt2" if fmt == "aoti" else f".{fmt}"
+            path = str(folder / f"{name}_{size[0]}x{size[1]}_{fmt}{suffix}")
+            export_model(cfg, model, fmt, *size, path)
+            cache[key] = path
+        return cache[key]
+
+    return get
+
+
+def eager_scores(model, image):
+    with torch.no_grad():
+        return model.predict([image[0]])[0]["sem_seg"][None]
+
+
+def assert_agrees(expected, got):
+    result = agreement(expected, torch.as_tensor(got))
+    assert result["same_class"] >= MIN_SAME_CLASS, result
+    assert result["max_rel_diff"] <= MAX_REL_DIFF, result
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_exportable_module_is_the_seam(models, name, size):
+    _, model = models[name]
+    image = random_image(*size, seed=1)
+    with torch.no_grad():
+        got = ExportableSegmentor(model, *size)(image)
+    assert got.shape == (1, 5 if name == "demo" else 19, *size)
+    assert_agrees(eager_scores(model, image), got)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_exported_file_reproduces_pytorch(models, exports, name, size, fmt):
+    _, model = models[name]
+    path = exports(name, size, fmt)
+    run_graph = load_graph(path, fmt)
+    for seed in (1, 2):
+        image = random_image(*size, seed=seed)
+        assert_agrees(eager_scores(model, image), run_graph(image.numpy()))
+
+
+@pytest.mark.skipif(
+    os.environ.get("POINTREND_SEM_TEST_AOTI") != "1",
+    reason="AOTInductor compiles C++ for minutes; POINTREND_SEM_TEST_AOTI=1 runs it",
+)
+def test_aoti_package_reproduces_pytorch(models, exports):
+    _, model = models["demo"]
+    size = SIZES[0]
+    run_graph = load_graph(exports("demo", size, "aoti"), "aoti")
+    image = random_image(*size, seed=1)
+    assert_agrees(eager_scores(model, image), run_graph(image.numpy()))
+
+
+def test_sidecar_describes_the_graph(models, exports):
+    cfg, _ = models["demo"]
+    path = exports("demo", SIZES[1], "pt2")
+    with open(path + ".json") as f:
+        info = json.load(f)
+    assert info["format"] == "pt2"
+    assert (info["height"], info["width"]) == SIZES[1]
+    assert info["input_format"] == cfg.INPUT.FORMAT
+    assert info["num_outputs"] == 5
+    assert info["resize_backend"] == cfg.INPUT.RESIZE_BACKEND
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_runner_is_the_predictor_at_the_export_size(models, exports, tmp_path, fmt):
+    """An image that the test resize leaves at the export size gets the predictor's scores; one
+    of another size gets scores at its own size."""
+    from pointrend_sem.predictor import SemSegPredictor
+
+    cfg, model = models["demo"]
+    weights = str(tmp_path / "model.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    cfg = cfg.clone()
+    # the test resize leaves a 64 x 96 image as it is
+    cfg.merge_from_list(
+        ["MODEL.WEIGHTS", weights, "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 96]
+    )
+    image_bgr = np.random.RandomState(0).randint(0, 256, (64, 96, 3), dtype=np.uint8)
+    runner = ExportedPredictor(exports("demo", SIZES[0], fmt))
+    assert_agrees(
+        SemSegPredictor(cfg)(image_bgr)["sem_seg"][None], runner(image_bgr)["sem_seg"][None]
+    )
+    assert runner(image_bgr[:50, :70])["sem_seg"].shape == (5, 50, 70)
+
+
+def test_runner_needs_no_training_stack(exports):
+    """runner.py runs as a file of its own: no detectron2, no pointrend_sem."""
+    path = exports("demo", SIZES[0], "onnx")
+    runner = os.path.join(REPO_ROOT, "pointrend_sem", "export", "runner.py")
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('runner', {runner!r})\n"
+        "runner = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(runner)\n"
+        "import numpy as np\n"
+        f"out = runner.ExportedPredictor({path!r})(np.zeros((40, 50, 3), np.uint8))\n"
+        "assert out['sem_seg'].shape == (5, 40, 50), out['sem_seg'].shape\n"
+        "loaded = [m for m in sys.modules if m.startswith(('detectron2', 'pointrend_sem'))]\n"
+        "assert not loaded, loaded\n"
+    )
+    proc = run_command([sys.executable, "-c", code])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "opts, key",
+    [
+        (["TEST.AUG.ENABLED", True], "TEST.AUG.ENABLED"),
+        (["TEST.SLIDING_WINDOW.ENABLED", True], "TEST.SLIDING_WINDOW.ENABLED"),
+    ],
+)
+def test_unsupported_options_are_refused(opts, key):
+    with pytest.raises(UnsupportedExportOption, match=key):
+        check_exportable(load_config("demo_synthetic.yaml", opts))
+
+
+def test_tool_checks_the_file_and_refuses_in_one_line(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+    try:
+        import export_model as tool
+    finally:
+        sys.path.pop(0)
+    from pointrend_sem import main_with_one_line_errors
+
+    config = os.path.join(REPO_ROOT, "configs", "demo_synthetic.yaml")
+    output = str(tmp_path / "demo.pt2")
+    argv = ["--config-file", config, "--format", "pt2", "--height", "61", "--width", "83"]
+    result = tool.main(argv + ["--output", output, "--runs", "1", "MODEL.DEVICE", "cpu"])
+    assert result["same_class"] >= MIN_SAME_CLASS and os.path.isfile(output + ".json")
+    assert "latency" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main_with_one_line_errors(tool.main)(
+            argv + ["--output", output, "TEST.SLIDING_WINDOW.ENABLED", "True"]
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and err[-1].startswith("error: TEST.SLIDING_WINDOW.ENABLED")

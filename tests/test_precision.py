@@ -1,0 +1,207 @@
+"""Reduced-precision inference (``TEST.PRECISION``) on every inference path, its weight cache,
+and bf16 training on CPU (``SOLVER.AMP.ENABLED``). Tiny sizes; speed is not tested here."""
+
+import logging
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, load_config, run_command
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+from detectron2.projects.point_rend.point_features import point_sample
+from detectron2.utils.events import EventStorage
+
+from pointrend_sem.data.datasets.synthetic import render_sample
+from pointrend_sem.modeling import precision
+from pointrend_sem.predictor import SemSegPredictor
+from pointrend_sem.test_time_augmentation import SemanticSegmentorWithTTA
+
+SIZES = [(61, 83), (97, 45)]
+
+
+def images(sizes=SIZES):
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8) for h, w in sizes]
+
+
+def build(opts=()):
+    torch.manual_seed(0)
+    return build_model(load_config("demo_synthetic.yaml", list(opts))).eval()
+
+
+def fp32_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resolve_precision():
+    assert precision.resolve_precision("fp32", "cpu") is None
+    assert precision.resolve_precision("bf16", "cpu") is torch.bfloat16
+    assert precision.resolve_precision("fp16", "cuda") is torch.float16
+    expected = torch.bfloat16 if precision.cpu_has_amx() else None
+    assert precision.resolve_precision("auto", "cpu") is expected
+    with pytest.raises(ValueError, match="TEST.PRECISION"):
+        precision.resolve_precision("int8", "cpu")
+    with pytest.raises(ValueError, match="TEST.PRECISION"):
+        build(["TEST.PRECISION", "fp8"])
+
+
+def test_auto_logs_its_choice_once(caplog):
+    precision._auto_precision.cache_clear()
+    with caplog.at_level(logging.INFO, logger=precision.__name__):
+        for _ in range(3):
+            precision.resolve_precision("auto", "cpu")
+    messages = [r.getMessage() for r in caplog.records if "TEST.PRECISION auto" in r.message]
+    assert len(messages) == 1 and "CPU" in messages[0]
+
+
+def test_point_sample_as_float_matches_point_sample():
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 5, 7, 9, generator=gen)
+    coords = torch.rand(2, 30, 2, generator=gen) * 1.2 - 0.1  # some outside the map
+    expected = point_sample(features, coords, align_corners=False)
+    channels_last = features.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(precision.point_sample_as_float(channels_last, coords), expected)
+    reduced = features.bfloat16()
+    torch.testing.assert_close(
+        precision.point_sample_as_float(reduced, coords),
+        point_sample(reduced.float(), coords, align_corners=False),
+    )
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        [],
+        [
+            "TEST.SLIDING_WINDOW.ENABLED", True,
+            "TEST.SLIDING_WINDOW.CROP_SIZE", (48, 48),
+            "TEST.SLIDING_WINDOW.STRIDE", (32, 32),
+        ],
+        ["MODEL.CHANNELS_LAST", False, "MODEL.FOLD_NORMS", False],
+    ],
+)  # fmt: skip
+def test_reduced_precision_predict_and_forward(name, opts):
+    model = build(opts)
+    state = fp32_state(model)
+    reference = build(opts)
+    model.precision = name
+    batch = [{"image": image} for image in images()]
+    with torch.no_grad():
+        outputs = model(batch)
+        expected = reference(batch)
+    for got, want in zip(outputs, expected):
+        for key in ("sem_seg", "coarse_sem_seg"):
+            assert got[key].dtype == torch.float32 and got[key].shape == want[key].shape
+            assert torch.isfinite(got[key]).all()
+            # the same model in reduced precision: close logits on average (where the point
+            # selection differs a cell can differ more; random weights: no class test)
+            assert (got[key] - want[key]).abs().mean() < 0.15 * want[key].abs().mean()
+    # the fp32 parameters, buffers and their dtypes are untouched
+    for key, value in model.state_dict().items():
+        assert value.dtype == state[key].dtype and torch.equal(value, state[key]), key
+
+
+def test_weights_are_cast_once_and_recast_after_an_update():
+    model = build(["TEST.PRECISION", "bf16"])
+    with torch.no_grad():
+        model.predict(images())
+        backbone, head, dtype = model.inference_modules()
+        assert dtype is torch.bfloat16
+        assert all(p.dtype == torch.bfloat16 for p in backbone.parameters())
+        assert all(p.dtype == torch.bfloat16 for p in head.parameters())
+        model.predict(images())
+        assert model.inference_modules()[0] is backbone  # cached: not cast again
+    # train one step in fp32, then infer again: the copy is rebuilt from the new weights
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = [
+        {"image": image, "sem_seg": torch.randint(0, 4, image.shape[-2:])} for image in images()
+    ]
+    with EventStorage():
+        losses = model(batch)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    optimizer.step()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        new_backbone = model.inference_modules()[0]
+        assert new_backbone is not backbone
+        first = next(model.backbone.parameters())
+        assert torch.equal(next(new_backbone.parameters()).float(), first.bfloat16().float())
+        model.predict(images())
+        model.precision = "fp32"
+        assert model.inference_modules() == (model.backbone, None, None)
+
+
+def test_checkpoint_of_a_bf16_model_is_fp32(tmp_path):
+    model = build(["TEST.PRECISION", "bf16"])
+    with torch.no_grad():
+        model.predict(images())
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("m")
+    saved = torch.load(tmp_path / "m.pth", weights_only=False)["model"]
+    assert set(saved) == set(model.state_dict())
+    assert {v.dtype for v in saved.values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_tta_in_bf16():
+    cfg = load_config("demo_synthetic.yaml", ["TEST.PRECISION", "bf16"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    tta = SemanticSegmentorWithTTA(
+        model, scale_ratios=(0.5, 1.0), flip=True, min_size=48, max_size=64
+    )
+    with torch.no_grad():
+        (output,) = tta([{"image": images()[0], "height": 61, "width": 83}])
+    assert output["sem_seg"].dtype == torch.float32 and output["sem_seg"].shape[-2:] == (61, 83)
+    assert torch.isfinite(output["sem_seg"]).all()
+
+
+def test_predictor_in_bf16():
+    cfg = load_config("demo_synthetic.yaml", ["MODEL.WEIGHTS", "", "TEST.PRECISION", "bf16"])
+    predictor = SemSegPredictor(cfg)
+    image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    output = predictor(image)
+    assert output["sem_seg"].shape[-2:] == (70, 90) and output["sem_seg"].dtype == torch.float32
+
+
+def test_demo_in_bf16(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(load_config())
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("random")
+    image, _ = render_sample(0)
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.resize(image[:, :, ::-1], (75, 61)))
+    cmd = [
+        sys.executable, "demo/demo.py",
+        "--config-file", os.path.join(REPO_ROOT, "configs", "demo_synthetic.yaml"),
+        "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "out"),
+        "--opts", "MODEL.WEIGHTS", str(tmp_path / "random.pth"), "TEST.PRECISION", "bf16",
+    ]  # fmt: skip
+    proc = run_command(cmd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.listdir(tmp_path / "out") == ["a.png"]
+
+
+def test_amp_training_on_cpu_runs_bf16_autocast(tmp_path):
+    from pointrend_sem.engine import Trainer
+    from pointrend_sem.engine.amp import CPUAMPTrainer
+
+    opts = ["SOLVER.AMP.ENABLED", True, "SOLVER.MAX_ITER", 2, "OUTPUT_DIR", str(tmp_path)]
+    opts += ["SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 0, "TEST.EVAL_PERIOD", 0]
+    cfg = load_config("demo_synthetic.yaml", opts)
+    trainer = Trainer(cfg)
+    assert isinstance(trainer._trainer, CPUAMPTrainer)
+    seen = []
+    model = trainer._trainer.model
+    hook = model.backbone.register_forward_hook(
+        lambda module, inputs, outputs: seen.append(next(iter(outputs.values())).dtype)
+    )
+    trainer.train()
+    hook.remove()
+    assert seen[:2] == [torch.bfloat16] * 2  # the two training steps (then a fp32 evaluation)
+    assert all(p.dtype == torch.float32 for p in model.parameters())

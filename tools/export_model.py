@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Export a model's whole inference at a fixed input size to ONNX, torch.export or AOTInductor.
+
+    python tools/export_model.py --config-file configs/demo_synthetic.yaml --format onnx \
+        --height 128 --width 128 --output out/demo.onnx MODEL.WEIGHTS model_final.pth
+    python tools/export_model.py --config-file configs/cityscapes_r50.yaml --format pt2 \
+        --height 1024 --width 2048 --output out/r50.pt2 MODEL.WEIGHTS model.pth
+
+One graph (:class:`pointrend_sem.export.module.ExportableSegmentor`): normalization, backbone,
+coarse head, the S subdivision steps with min(M, H_k * W_k) points each, resize to H x W.
+Input "image": float32 (1, 3, H, W) in INPUT.FORMAT's channel order, values 0-255; output
+"sem_seg": (1, C, H, W) scores. Formats: "onnx" (``torch.onnx.export(..., dynamo=True)``),
+"pt2" (``torch.export.export`` + ``torch.export.save``), "aoti" (AOTInductor package, a .pt2
+file for ``torch._inductor.aoti_load_package``). A JSON sidecar OUTPUT.json is written next to
+the file for ``pointrend_sem.export.runner``.
+
+Before reporting success the file is loaded and run (as the runner runs it) on a seeded random
+image and compared with eager PyTorch: the same class on >= 99.99 % of pixels, and >= 99.99 % of
+pixels with scores within 1e-4 of their largest magnitude (not all: where subdivision's top-k
+meets cells of equal uncertainty up to rounding, another runtime may refine other cells), else
+the command fails. Both latencies are printed.
+TEST.AUG.ENABLED and TEST.SLIDING_WINDOW.ENABLED are refused.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from pointrend_sem import main_with_one_line_errors
+from pointrend_sem.engine import setup
+from pointrend_sem.errors import UserValueError
+from pointrend_sem.export.module import (
+    FORMATS,
+    agreement,
+    check_exportable,
+    export_model,
+    random_image,
+)
+from pointrend_sem.export.runner import load_graph
+
+# the check before success: same class on at least this fraction of pixels, scores within this
+# fraction of their largest magnitude
+MIN_SAME_CLASS = 0.9999
+MAX_REL_DIFF = 1e-4
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The command-line options."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="config file")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    parser.add_argument("--height", type=int, required=True, help="input height H")
+    parser.add_argument("--width", type=int, required=True, help="input width W")
+    parser.add_argument("--output", required=True, metavar="PATH", help="file to write")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the check's image")
+    parser.add_argument(
+        "opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth",
+    )
+    return parser
+
+
+def median_latency(fn, runs: int) -> float:
+    """Median seconds of ``runs`` calls of ``fn`` after one untimed call."""
+    fn()
+    times = []
+    for _ in range(max(runs, 1)):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def check_exported(
+    model, path: str, fmt: str, height: int, width: int, seed: int, runs: int
+) -> Dict[str, float]:
+    """Run the exported file and eager ``model.predict`` on one random image; their agreement
+    (:func:`~pointrend_sem.export.module.agreement`) and median latencies (s).
+
+    Raises:
+        UserValueError: they disagree beyond :data:`MIN_SAME_CLASS` / :data:`MAX_REL_DIFF`.
+    """
+    image = random_image(height, width, seed)
+    run_graph = load_graph(path, fmt)
+    with torch.no_grad():
+        expected = model.predict([image[0]])[0]["sem_seg"][None]
+    got = torch.from_numpy(run_graph(image.numpy()))
+    result = agreement(expected, got, MAX_REL_DIFF)
+    if result["same_class"] < MIN_SAME_CLASS or result["close_fraction"] < MIN_SAME_CLASS:
+        raise UserValueError(
+            f"The exported {path} does not reproduce PyTorch: same class on "
+            f"{result['same_class']:.4%} of pixels, scores within {MAX_REL_DIFF:g} of the "
+            f"largest on {result['close_fraction']:.4%} (need {MIN_SAME_CLASS:.2%} each)."
+        )
+    with torch.no_grad():
+        result["pytorch_s"] = median_latency(lambda: model.predict([image[0]]), runs)
+    result["exported_s"] = median_latency(lambda: run_graph(image.numpy()), runs)
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+    """Parse ``argv``, export, check; return the check's numbers."""
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    cfg = setup(args, log=False)
+    check_exportable(cfg)
+    if args.height < 1 or args.width < 1:
+        raise UserValueError(f"--height and --width must be >= 1, got {args.height}x{args.width}.")
+    if args.format == "aoti" and not args.output.endswith(".pt2"):
+        raise UserValueError(f"An AOTInductor package is a .pt2 file; got --output {args.output}.")
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    start = time.perf_counter()
+    export_model(cfg, model, args.format, args.height, args.width, args.output)
+    seconds = time.perf_counter() - start
+    result = check_exported(
+        model, args.output, args.format, args.height, args.width, args.seed, args.runs
+    )
+    size_mb = os.path.getsize(args.output) / 2**20
+    print(
+        f"Exported {args.output} ({args.format}, {args.height}x{args.width}, {size_mb:.1f} MiB, "
+        f"{seconds:.0f} s) and {args.output}.json\n"
+        f"check on a random image: same class {result['same_class']:.4%}, scores within "
+        f"{MAX_REL_DIFF:g} {result['close_fraction']:.4%}, largest score difference "
+        f"{result['max_rel_diff']:.1e} of the largest score\n"
+        f"latency (median of {args.runs}, {torch.get_num_threads()} threads): PyTorch "
+        f"{result['pytorch_s'] * 1e3:.1f} ms, {args.format} {result['exported_s'] * 1e3:.1f} ms"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main_with_one_line_errors(main)()
