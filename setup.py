@@ -34,6 +34,7 @@ setup(
         "dev": [
             "pytest",
             "pytest-timeout",
+            "pytest-xdist",
             "black",
             "isort",
             "flake8",

@@ -19,6 +19,7 @@ PIECES = {
     "package": [
         "pytest",
         "pytest_timeout",
+        "xdist",
         "black",
         "isort",
         "flake8",

@@ -14,6 +14,12 @@ from PIL import Image
 
 from pointrend_sem import add_pointrend_sem_config
 
+# Under pytest-xdist (setup.cfg: one worker per core) each worker, and every process it starts,
+# uses one thread: workers x threads stays within the cores instead of oversubscribing them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 

@@ -16,8 +16,10 @@ PIP = "-m pip install"
 
 
 def make_n(target, *variables, env=None):
-    """The commands ``make -n target`` prints, one per line."""
-    cmd = ["make", "-n", target, f"PYTHON={sys.executable}", *variables]
+    """The commands ``make -n target`` prints, one per line (also when this runs under make,
+    whose MAKEFLAGS would add "Entering directory" lines)."""
+    cmd = ["make", "--no-print-directory", "-n", target, f"PYTHON={sys.executable}", *variables]
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "MAKEFLAGS"}
     proc = run_command(cmd, env=env)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
