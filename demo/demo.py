@@ -25,7 +25,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from predictor import VisualizationDemo
 
-from pointrend_sem.engine import check_weights_file, setup
+from pointrend_sem.engine import add_opts_argument, check_weights_file, setup
 from pointrend_sem.errors import (
     UserFileNotFoundError,
     UserValueError,
@@ -62,12 +62,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="run this file of tools/export_model.py (with its PATH.json) instead of the "
         "PyTorch model; the config still names the classes and colours",
     )
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth",
-    )
+    add_opts_argument(parser)
     return parser
 
 

@@ -50,6 +50,7 @@ in ``tools/benchmarking/``; this file is the command line and the order of the m
 """
 
 import argparse
+import importlib
 import json
 from typing import Any, Dict, List, Optional
 
@@ -60,28 +61,22 @@ from pointrend_sem.checkpoint import PointRendSemCheckpointer
 from pointrend_sem.engine import setup
 from pointrend_sem.errors import main_with_one_line_errors
 
-if __package__:  # imported, e.g. ``from tools import benchmark`` (the tests)
-    from .benchmarking import (
-        exported,
-        inputs,
-        measure,
-        point_share,
-        references,
-        report,
-        roofline,
-        training,
+# tools/benchmarking beside this file: "tools.benchmarking" when imported (the tests),
+# "benchmarking" when run as ``python tools/benchmark.py`` (tools/ is first on sys.path)
+_PARTS = f"{__package__}.benchmarking" if __package__ else "benchmarking"
+exported, inputs, measure, point_share, references, report, roofline, training = (
+    importlib.import_module(f"{_PARTS}.{name}")
+    for name in (
+        "exported",
+        "inputs",
+        "measure",
+        "point_share",
+        "references",
+        "report",
+        "roofline",
+        "training",
     )
-else:  # run as ``python tools/benchmark.py``: tools/ is the first entry of sys.path
-    from benchmarking import (
-        exported,
-        inputs,
-        measure,
-        point_share,
-        references,
-        report,
-        roofline,
-        training,
-    )
+)
 
 
 def get_parser() -> argparse.ArgumentParser:

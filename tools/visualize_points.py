@@ -31,7 +31,7 @@ from matplotlib.patches import Patch
 
 from pointrend_sem.checkpoint import PointRendSemCheckpointer
 from pointrend_sem.data import build_test_augmentations
-from pointrend_sem.engine import check_weights_file, setup
+from pointrend_sem.engine import add_opts_argument, check_weights_file, setup
 from pointrend_sem.errors import UserFileNotFoundError, main_with_one_line_errors
 from pointrend_sem.modeling import SubdivisionTrace, calculate_uncertainty
 from pointrend_sem.predictor import display_metadata, to_model_inputs
@@ -204,12 +204,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="the image")
     parser.add_argument("--output", required=True, help="the PNG to write")
     parser.add_argument("--dpi", type=int, default=DPI, help=f"resolution (default {DPI})")
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth",
-    )
+    add_opts_argument(parser)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from .lr_schedule import build_poly_lr_scheduler, build_warmup_poly_multiplier
 from .setup import (
+    add_opts_argument,
     check_weights_file,
     checkpoint_to_read,
     explain_config_errors,
@@ -11,6 +12,7 @@ from .setup import (
 from .trainer import EVALUATOR_BUILDERS, TTA_SUFFIX, Trainer, merge_results
 
 __all__ = [
+    "add_opts_argument",
     "build_poly_lr_scheduler",
     "build_warmup_poly_multiplier",
     "check_weights_file",

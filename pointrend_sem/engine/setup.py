@@ -1,5 +1,6 @@
 """Config setup shared by train_net.py and the tools."""
 
+import argparse
 import contextlib
 import difflib
 import logging
@@ -168,6 +169,17 @@ def explain_unreadable_checkpoint(path: str, source: str = "MODEL.WEIGHTS") -> I
         raise UserValueError(
             f"Cannot read the checkpoint {path} ({source}): {problem}. {fix}"
         ) from e
+
+
+def add_opts_argument(parser) -> None:
+    """``--opts KEY VALUE ...``: config overrides of a script that takes its other options as
+    flags (demo/demo.py, tools/visualize_points.py); read by :func:`setup` as ``args.opts``."""
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth",
+    )
 
 
 def setup(args, *, log: bool = True):

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from ..errors import UserValueError
 from ..modeling.binary import as_two_channels, num_output_channels
-from ..modeling.conv_norm_folding import NormFoldedConv2d, NormFoldedPointFC, fold_batch_norm
+from ..modeling.conv_norm_folding import NormFoldedConv2d, NormFoldedPointFC, fold_norm_into
 from ..modeling.meta_arch import postprocess_logits
 from ..modeling.point_head import PointFC
 from .runner import SIDECAR_SUFFIX
@@ -74,7 +74,7 @@ def bake_folded_norms_(model: nn.Module) -> int:
     """Fold, in place and for good, the batch norm of every layer of ``model`` that
     ``MODEL.FOLD_NORMS`` folds at each inference call (:mod:`~.modeling.conv_norm_folding`):
     the layer gets the folded weight and bias (same arithmetic,
-    :func:`~.modeling.conv_norm_folding.fold_batch_norm`) and no norm. Call it on a copy of an
+    :func:`~.modeling.conv_norm_folding.fold_norm_into`) and no norm. Call it on a copy of an
     eval-mode model; return the number of layers folded."""
     count = 0
     with torch.no_grad():
@@ -86,20 +86,7 @@ def bake_folded_norms_(model: nn.Module) -> int:
                 continue
             if getattr(norm, "running_mean", None) is None:
                 continue
-            weight, bias = fold_batch_norm(
-                module.weight,
-                module.bias,
-                norm.weight,
-                norm.bias,
-                norm.running_mean,
-                norm.running_var,
-                norm.eps,
-            )
-            channels_last = module.weight.dim() == 4 and module.weight.is_contiguous(
-                memory_format=torch.channels_last
-            )
-            if channels_last:
-                weight = weight.contiguous(memory_format=torch.channels_last)
+            weight, bias = fold_norm_into(module.weight, module.bias, norm)
             module.weight = nn.Parameter(weight, requires_grad=False)
             module.bias = nn.Parameter(bias, requires_grad=False)
             module.norm = None

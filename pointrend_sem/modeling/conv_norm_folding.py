@@ -73,6 +73,18 @@ def _state_key(*tensors: Optional[torch.Tensor]) -> Tuple:
     return tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors)
 
 
+def fold_norm_into(weight: torch.Tensor, bias, norm) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The (weight, bias) of a layer followed by the batch norm ``norm`` (its running
+    statistics), folded into one layer; the weight keeps the memory layout of ``weight``
+    (channels-last stays channels-last)."""
+    folded_weight, folded_bias = fold_batch_norm(
+        weight, bias, norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps
+    )
+    channels_last = weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return folded_weight.contiguous(memory_format=layout), folded_bias
+
+
 class _FoldedWeights:
     """Folded weight and bias of a convolution (``weight`` (C_out, C_in, *kernel), optional
     ``bias``) followed by a foldable ``norm``, cached until a parameter or buffer changes
@@ -89,22 +101,7 @@ class _FoldedWeights:
         cache = getattr(self, "_folded_cache", None)
         if cache is not None and cache[0] == key:
             return cache[1]
-        weight, bias = fold_batch_norm(
-            self.weight,
-            self.bias,
-            norm.weight,
-            norm.bias,
-            norm.running_mean,
-            norm.running_var,
-            norm.eps,
-        )
-        layout = (
-            torch.channels_last
-            if self.weight.dim() == 4
-            and self.weight.is_contiguous(memory_format=torch.channels_last)
-            else torch.contiguous_format
-        )
-        weight = weight.contiguous(memory_format=layout)
+        weight, bias = fold_norm_into(self.weight, self.bias, norm)
         self._folded_cache = (key, (weight, bias))
         return weight, bias
 

@@ -29,7 +29,7 @@ import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
 
-from .conv_norm_folding import _BATCH_NORMS, _is_foldable, fold_batch_norm
+from .conv_norm_folding import _BATCH_NORMS, _is_foldable, fold_norm_into
 
 logger = logging.getLogger(__name__)
 
@@ -102,21 +102,10 @@ def _fold_norms_(module: nn.Module) -> None:
             continue
         if not _is_foldable(norm):
             continue
-        weight, bias = fold_batch_norm(
-            conv.weight.detach(),
-            None if conv.bias is None else conv.bias.detach(),
-            norm.weight,
-            norm.bias,
-            norm.running_mean,
-            norm.running_var,
-            norm.eps,
+        weight, bias = fold_norm_into(
+            conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), norm
         )
-        layout = (
-            torch.channels_last
-            if conv.weight.is_contiguous(memory_format=torch.channels_last)
-            else torch.contiguous_format
-        )
-        conv.weight = nn.Parameter(weight.contiguous(memory_format=layout), requires_grad=False)
+        conv.weight = nn.Parameter(weight, requires_grad=False)
         conv.bias = nn.Parameter(bias, requires_grad=False)
         conv.norm = None
         # a NormFoldedConv2d becomes a plain Conv2d: its norm is in the weights now
