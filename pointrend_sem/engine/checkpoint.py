@@ -9,7 +9,6 @@ import contextlib
 import os
 from typing import IO, Any, Iterator
 
-from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import Checkpointer
 
 
@@ -59,12 +58,3 @@ def make_writes_atomic(checkpointer: Checkpointer) -> Checkpointer:
     if not isinstance(checkpointer.path_manager, AtomicWritesPathManager):
         checkpointer.path_manager = AtomicWritesPathManager(checkpointer.path_manager)
     return checkpointer
-
-
-class AtomicDetectionCheckpointer(DetectionCheckpointer):
-    """:class:`DetectionCheckpointer` whose writes are atomic (see :func:`make_writes_atomic`)."""
-
-    def __init__(self, *args, **kwargs):
-        """Same arguments as :class:`DetectionCheckpointer`."""
-        super().__init__(*args, **kwargs)
-        make_writes_atomic(self)
