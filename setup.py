@@ -5,13 +5,24 @@ detectron2 itself is on no package index: install it from its official source fi
 (see README.md, "Installation").
 """
 
+import os
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def requirements(path: str) -> list:
+    """The requirements listed in ``path`` (one per line; ``#`` starts a comment)."""
+    with open(os.path.join(HERE, path), encoding="utf-8") as f:
+        return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+
 
 setup(
     name="pointrend-sem",
     version="0.1.0",
     description="PointRend semantic segmentation (Kirillov et al., CVPR 2020) for detectron2",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
@@ -30,18 +41,5 @@ setup(
         "pyyaml",
         "tqdm",
     ],
-    extras_require={
-        "dev": [
-            "pytest",
-            "pytest-timeout",
-            "pytest-xdist",
-            "black",
-            "isort",
-            "flake8",
-            # tools/export_model.py --format onnx and its tests (tests/test_export.py)
-            "onnx",
-            "onnxscript",
-            "onnxruntime",
-        ],
-    },
+    extras_require={"dev": requirements("dev/requirements.txt")},
 )

@@ -16,16 +16,14 @@ is never rewritten (outputs appear atomically, so an interrupted run leaves no h
 second run converts nothing and says so.
 """
 
-import argparse
 import glob
 import os
 import sys
-from multiprocessing import Pool
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+from preparation import prepare, run_in_pool
 
 SPLITS = ("training", "validation")
 NUM_CLASSES = 150
@@ -108,42 +106,24 @@ def run(ade_root: str, workers: int) -> int:
         if not jobs:
             continue
         os.makedirs(os.path.dirname(jobs[0][1]), exist_ok=True)
-        with Pool(workers) as pool:
-            results = pool.imap_unordered(convert_file, jobs, chunksize=32)
-            written += sum(tqdm(results, total=len(jobs), desc=split, unit="label"))
+        written += sum(run_in_pool(convert_file, jobs, workers, desc=split, chunksize=32))
     return written
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--root",
-        default=os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")),
-        help="datasets root holding ADEChallengeData2016/ (default: $DETECTRON2_DATASETS "
-        "or 'datasets')",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes to use"
-    )
-    return parser.parse_args(argv)
+def convert_missing(ade_root: str, workers: int) -> str:
+    """Convert what :func:`run` converts; say what was done."""
+    written = run(ade_root, workers)
+    destination = f"{ade_root}/annotations_detectron2"
+    if written:
+        return f"Converted {written} annotations into {destination}."
+    return f"Nothing to do: every annotation is already in {destination}."
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Convert, then print the number of images and labels per split."""
-    args = parse_args(argv)
-    ade_root = os.path.join(os.path.expanduser(args.root), "ADEChallengeData2016")
-    if not os.path.isdir(os.path.join(ade_root, "annotations")):
-        print(f"No {ade_root}/annotations: unzip ADEChallengeData2016.zip there.", file=sys.stderr)
-        return 1
-    written = run(ade_root, max(1, args.workers))
-    if written:
-        print(f"Converted {written} annotations into {ade_root}/annotations_detectron2.")
-    else:
-        print(f"Nothing to do: every annotation is already in {ade_root}/annotations_detectron2.")
-    for split, (images, labels) in count_files(ade_root).items():
-        print(f"{split}: {images} images, {labels} labels")
-    return 0
+    fix = "unzip ADEChallengeData2016.zip there."
+    name = "ADEChallengeData2016"
+    return prepare(argv, __doc__, name, "annotations", fix, convert_missing, count_files)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,13 @@ Runs are idempotent: a label that exists is never redrawn (labels appear atomica
 interrupted run leaves no half file), and a second run draws nothing and says so.
 """
 
-import argparse
 import glob
 import os
 import sys
-from multiprocessing import Pool
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from cityscapesscripts.preparation.json2labelImg import json2labelImg
-from tqdm import tqdm
+from preparation import prepare, run_in_pool
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -89,43 +87,21 @@ def run(cityscapes_root: str, workers: int) -> int:
         ]
         if not jobs:
             continue
-        with Pool(workers) as pool:
-            results = pool.imap_unordered(make_train_ids_label, jobs, chunksize=16)
-            written += sum(tqdm(results, total=len(jobs), desc=split, unit="label"))
+        written += sum(run_in_pool(make_train_ids_label, jobs, workers, desc=split))
     return written
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--root",
-        default=os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")),
-        help="datasets root holding cityscapes/ (default: $DETECTRON2_DATASETS or 'datasets')",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes to use"
-    )
-    return parser.parse_args(argv)
+def draw_missing(cityscapes_root: str, workers: int) -> str:
+    """Draw what :func:`run` draws; say what was done."""
+    written = run(cityscapes_root, workers)
+    labels = f"*{TRAIN_IDS_SUFFIX} labels under {cityscapes_root}/gtFine"
+    return f"Drew {written} {labels}." if written else f"Nothing to do: all {labels} exist."
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Draw the labels, then print the number of images and labels per split."""
-    args = parse_args(argv)
-    cityscapes_root = os.path.join(os.path.expanduser(args.root), "cityscapes")
-    if not os.path.isdir(os.path.join(cityscapes_root, "gtFine")):
-        print(f"No {cityscapes_root}/gtFine: unzip gtFine_trainvaltest.zip there.", file=sys.stderr)
-        return 1
-    written = run(cityscapes_root, max(1, args.workers))
-    if written:
-        print(f"Drew {written} *{TRAIN_IDS_SUFFIX} labels under {cityscapes_root}/gtFine.")
-    else:
-        print(
-            f"Nothing to do: every *{TRAIN_IDS_SUFFIX} label under {cityscapes_root}/gtFine exists."
-        )
-    for split, (images, labels) in count_files(cityscapes_root).items():
-        print(f"{split}: {images} images, {labels} labels")
-    return 0
+    fix = "unzip gtFine_trainvaltest.zip there."
+    return prepare(argv, __doc__, "cityscapes", "gtFine", fix, draw_missing, count_files)
 
 
 if __name__ == "__main__":

@@ -21,27 +21,20 @@ Labels already converted are kept, so running it again only checks. It ends with
 split (on the full data: train 1,464, val 1,449, trainaug 10,582).
 """
 
-import argparse
 import os
 import sys
-from multiprocessing import Pool
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
+from preparation import parse_args, run_in_pool
 from scipy.io import loadmat
-from tqdm import tqdm
 
 VOC_DIR = os.path.join("VOCdevkit", "VOC2012")
 SBD_DIR = os.path.join("VOCdevkit", "VOCaug", "dataset")
 SPLIT_DIR = os.path.join(VOC_DIR, "ImageSets", "Segmentation")
 SBD_LABEL_DIR = os.path.join(VOC_DIR, "SegmentationClassAug")
 EXPECTED_COUNTS = {"train": 1464, "val": 1449, "trainaug": 10582}
-
-
-def default_root() -> str:
-    """``$DETECTRON2_DATASETS`` (default ``datasets``), with ``~`` expanded."""
-    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
 def read_ids(path: str) -> List[str]:
@@ -102,12 +95,7 @@ def pending_conversions(cls_dir: str, out_dir: str) -> Tuple[List[Tuple[str, str
 
 def convert_all(jobs: List[Tuple[str, str]], workers: int) -> None:
     """Convert the (.mat, .png) pairs with a process pool and a progress bar."""
-    if not jobs:
-        return
-    with Pool(max(1, min(workers, len(jobs)))) as pool:
-        progress = pool.imap_unordered(_convert_job, jobs, chunksize=16)
-        for _ in tqdm(progress, total=len(jobs), desc="SBD .mat -> PNG", unit="label"):
-            pass
+    run_in_pool(_convert_job, jobs, workers, desc="SBD .mat -> PNG")
 
 
 def check_inputs(root: str) -> None:
@@ -134,24 +122,9 @@ def split_counts(root: str) -> Dict[str, int]:
     return {s: len(read_ids(os.path.join(root, SPLIT_DIR, f"{s}.txt"))) for s in EXPECTED_COUNTS}
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--root",
-        default=default_root(),
-        help="folder holding VOCdevkit/ (default: $DETECTRON2_DATASETS, else 'datasets')",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="conversion processes"
-    )
-    return parser.parse_args(argv)
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     """Convert SBD's labels, write trainaug.txt and print the images per split."""
-    args = parse_args(argv)
+    args = parse_args(__doc__, "VOCdevkit/", argv)
     try:
         check_inputs(args.root)
     except FileNotFoundError as e:

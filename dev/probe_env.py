@@ -11,31 +11,31 @@ alone is installed, so that the torchvision chosen matches it.
 
 import importlib
 import importlib.metadata
+import os
 
+# the modules of each piece; "package" is this package, installed (not only importable from the
+# repository root), and its "dev" extra (DEV_REQUIREMENTS, installed distributions)
 PIECES = {
     "torch": ["torch", "torchvision"],
     "detectron2": ["detectron2"],
-    # this package, installed (not only importable from the repository root) with its extras
-    "package": [
-        "pytest",
-        "pytest_timeout",
-        "xdist",
-        "black",
-        "isort",
-        "flake8",
-        "onnx",
-        "onnxscript",
-        "onnxruntime",
-    ],
+    "package": [],
     "mmseg": ["mmseg"],  # the reference of the parity tests
 }
+DEV_REQUIREMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requirements.txt")
+
+
+def dev_distributions() -> list:
+    """The distributions of setup.py's "dev" extra (``DEV_REQUIREMENTS``)."""
+    with open(DEV_REQUIREMENTS, encoding="utf-8") as f:
+        return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
 
 
 def importable(piece: str) -> bool:
     """Whether ``piece`` (a key of ``PIECES``) is set up in this interpreter."""
     try:
         if piece == "package":
-            importlib.metadata.version("pointrend-sem")
+            for distribution in ["pointrend-sem", *dev_distributions()]:
+                importlib.metadata.version(distribution)
         for module in PIECES[piece]:
             importlib.import_module(module)
     except Exception:  # a broken install fails in many ways: all mean "set it up"

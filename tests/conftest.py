@@ -1,16 +1,19 @@
+import contextlib
 import importlib.util
+import io
+import logging
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
 import textwrap
+import traceback
 
-import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
-from PIL import Image
+from detectron2.utils.logger import setup_logger
 
 from pointrend_sem import add_pointrend_sem_config
 
@@ -68,6 +71,93 @@ def run_command(cmd, *, env=None, check=False, timeout=COMMAND_TIMEOUT_S, cwd=RE
     )
 
 
+@contextlib.contextmanager
+def _environment(env):
+    """Inside the block, ``os.environ`` is ``env`` (None: unchanged); restored after."""
+    if env is None:
+        yield
+        return
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _all_loggers():
+    manager = logging.Logger.manager
+    return [logging.getLogger()] + [
+        logger for logger in manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+
+
+@contextlib.contextmanager
+def _logging_left_as_found():
+    """What a command changes in logging is undone after it: detectron2's ``setup_logger`` adds
+    handlers (to the stdout of that command) and stops propagation to the root logger (which
+    pytest's ``caplog`` reads); it also forgets its calls (its ``lru_cache``), so that the next
+    command's logs go to that command's own output."""
+    before = {
+        id(logger): (list(logger.handlers), logger.level, logger.propagate)
+        for logger in _all_loggers()
+    }
+    try:
+        yield
+    finally:
+        for logger in _all_loggers():
+            handlers, level, propagate = before.get(id(logger), ([], logging.NOTSET, True))
+            for handler in [h for h in logger.handlers if h not in handlers]:
+                logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+        setup_logger.cache_clear()
+
+
+def run_script(cmd, *, env=None, check=False, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
+    """``cmd`` = ``[sys.executable, "<script>.py", *args]`` run in this process, as
+    ``python <script>.py args`` would run it (``__name__ == "__main__"``, ``sys.argv``, the
+    script's folder first on ``sys.path``, ``env`` as the environment), with what it writes to
+    stdout and stderr captured; returns what :func:`run_command` returns (an uncaught exception
+    gives exit status 1 and its traceback on stderr).
+
+    Use it for commands whose behaviour is under test (their output, files, errors), not their
+    process: it saves the ~5 s of a Python start-up importing torch and detectron2, which is
+    most of the time of such a test. What must be a process (a kill, ``launch()`` with several
+    processes, an import check) uses :func:`run_command`."""
+    assert cmd[0] == sys.executable and cmd[1].endswith(".py"), cmd
+    args = [str(a) for a in cmd[1:]]
+    script = os.path.join(cwd, args[0])
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_argv, saved_path, saved_cwd = sys.argv, list(sys.path), os.getcwd()
+    threads = torch.get_num_threads()
+    returncode = 0
+    try:
+        sys.argv = [script, *args[1:]]
+        sys.path.insert(0, os.path.dirname(script))
+        os.chdir(cwd)
+        with _environment(None if env is None else dict(env)), _logging_left_as_found():
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    runpy.run_path(script, run_name="__main__")
+                except SystemExit as e:
+                    if isinstance(e.code, str):
+                        print(e.code, file=sys.stderr)
+                    returncode = e.code if isinstance(e.code, int) else int(e.code is not None)
+                except Exception:
+                    traceback.print_exc()
+                    returncode = 1
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+        os.chdir(saved_cwd)
+        torch.set_num_threads(threads)
+    proc = subprocess.CompletedProcess(cmd, returncode, stdout.getvalue(), stderr.getvalue())
+    assert not check or returncode == 0, f"{args} exited with {returncode}: {proc.stderr[-3000:]}"
+    return proc
+
+
 def start_command(cmd, log_path, *, env=None, cwd=REPO_ROOT) -> subprocess.Popen:
     """Start ``cmd`` in the background with stdout and stderr going to the file ``log_path``
     (never to a pipe); read it with ``tail_of(log_path)``. The caller kills it if it leaves early
@@ -98,42 +188,12 @@ def load_script(path: str):
     name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, os.path.dirname(path))  # its neighbours, as `python <path>` would
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(os.path.dirname(path))
     return module
-
-
-def label_file_states(folders, suffix: str = "") -> dict:
-    """{path: (mtime_ns, pixels)} of the label images in ``folders`` whose names end in
-    ``suffix``: what a preparation script wrote, to see what a second run rewrites."""
-    out = {}
-    for folder in folders:
-        for name in sorted(os.listdir(folder)):
-            if name.endswith(suffix):
-                path = os.path.join(folder, name)
-                out[path] = (os.stat(path).st_mtime_ns, np.asarray(Image.open(path)))
-    return out
-
-
-def check_dataset_metadata(meta, num_classes: int, evaluator_type: str, prepare_command: str):
-    """What the metadata of every registered split of a benchmark dataset carries."""
-    assert len(meta.stuff_classes) == len(meta.stuff_colors) == num_classes
-    assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in meta.stuff_colors)
-    assert meta.ignore_label == 255
-    assert meta.evaluator_type == evaluator_type
-    assert meta.prepare_command == prepare_command
-    assert os.path.isfile(os.path.join(REPO_ROOT, prepare_command.split()[-1]))
-
-
-def check_metadata_addition_keeps_values(add_metadata, module, splits_attr: str, monkeypatch):
-    """``add_metadata`` runs twice without raising and keeps a value already set; returns the
-    metadata of the test split it completed."""
-    add_metadata()  # a second call (a second import) must not raise
-    name = f"pointrend_sem_test_{splits_attr.lower()}_keeps_values"
-    MetadataCatalog.get(name).set(stuff_colors=[[1, 2, 3]])
-    monkeypatch.setattr(module, splits_attr, (name,))
-    add_metadata()
-    assert MetadataCatalog.get(name).stuff_colors == [[1, 2, 3]]
-    return MetadataCatalog.get(name)
 
 
 def load_config(name: str = "demo_synthetic.yaml", opts=()):
@@ -173,6 +233,8 @@ def tiny_train_net(config: str, datasets_root, output_dir, *opts) -> str:
     cmd = [sys.executable, "train_net.py", "--config-file", config, *TINY_MODEL, *opts]
     cmd += ["OUTPUT_DIR", str(output_dir)]
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
+    # a process of its own: the built-in datasets take DETECTRON2_DATASETS when they are
+    # registered (as detectron2's are), at import
     proc = run_command(cmd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout + proc.stderr

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, load_config, run_command
+from conftest import REPO_ROOT, load_config, run_command, run_script
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -51,9 +51,9 @@ def child_env(tmp_path, debug=False):
     return env
 
 
-def run_train_net(tmp_path, *args, debug=False):
+def run_train_net(tmp_path, *args, debug=False, in_process=True):
     cmd = [sys.executable, "train_net.py", *args]
-    return run_command(cmd, env=child_env(tmp_path, debug))
+    return (run_script if in_process else run_command)(cmd, env=child_env(tmp_path, debug))
 
 
 def last_line(text):
@@ -267,7 +267,8 @@ def test_user_error_in_a_process_of_launch_is_one_line(tmp_path):
     """With several processes the error is raised in a child: its line still comes back."""
     missing = str(tmp_path / "nope.pth")
     opts = ["--num-gpus", "2", "--dist-url", "auto", "--eval-only", "MODEL.WEIGHTS", missing]
-    proc = run_train_net(tmp_path, *DEMO, *opts, "OUTPUT_DIR", str(tmp_path / "out"))
+    out = ["OUTPUT_DIR", str(tmp_path / "out")]
+    proc = run_train_net(tmp_path, *DEMO, *opts, *out, in_process=False)
     assert_one_line_error(proc, "MODEL.WEIGHTS", missing)
 
 
@@ -383,7 +384,7 @@ def test_user_error_in_a_dataloader_worker_gives_its_own_line(capsys, monkeypatc
 
 
 def run_tool(tmp_path, *args):
-    return run_command([sys.executable, *map(str, args)], env=child_env(tmp_path))
+    return run_script([sys.executable, *map(str, args)], env=child_env(tmp_path))
 
 
 def test_tools_end_user_errors_in_one_line(tmp_path):

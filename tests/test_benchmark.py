@@ -10,7 +10,7 @@ import sys
 
 import detectron2
 import pytest
-from conftest import REPO_ROOT, run_command
+from conftest import REPO_ROOT, run_script
 
 from tools import benchmark
 from tools.benchmarking.reference_models import DETECTRON2_POINTREND_CONFIG
@@ -24,7 +24,7 @@ def run_benchmark(tmp_path, config: str, height: int, width: int, *flags: str):
         "--height", str(height), "--width", str(width), "--threads", "1",
         "--json", str(out), *flags,
     ]  # fmt: skip
-    proc = run_command(cmd)
+    proc = run_script(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:
         return json.load(f), proc.stdout

@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from conftest import load_config, run_command
+from conftest import load_config, run_script
 from detectron2.modeling import build_model
 from torch.nn import functional as F
 
@@ -250,7 +250,7 @@ def test_cli_converts_into_the_sssegmentation_config(tmp_path):
     torch.save({"epoch": 60, "model": sssegmentation_state(50, 21)}, source)
     cmd = [sys.executable, "tools/convert_weights.py", "--from", "sssegmentation"]
     cmd += ["--config-file", "configs/voc_r50_sssegmentation.yaml", str(source), str(out)]
-    proc = run_command(cmd)
+    proc = run_script(cmd)
     assert proc.returncode == 0, proc.stderr
     model = build_model(load_config("voc_r50_sssegmentation.yaml", OPTS))
     incompatible = model.load_state_dict(torch.load(out, weights_only=True)["model"], strict=False)
@@ -264,7 +264,7 @@ def test_cli_folds_the_point_head_norms_on_request(tmp_path):
     torch.save({"epoch": 60, "model": sssegmentation_state(50, 21)}, source)
     cmd = [sys.executable, "tools/convert_weights.py", "--from", "sssegmentation"]
     cmd += ["--fold-point-head-norms", "--config-file", "configs/voc_r50_sssegmentation.yaml"]
-    proc = run_command(cmd + [str(source), str(out)])
+    proc = run_script(cmd + [str(source), str(out)])
     assert proc.returncode == 0, proc.stderr
     assert 'MODEL.POINTREND_SEM.FC_NORM ""' in proc.stdout
     model = build_model(

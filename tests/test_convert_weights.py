@@ -3,7 +3,7 @@ import sys
 import pytest
 import torch
 import torchvision
-from conftest import load_config, run_command
+from conftest import load_config, run_script
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
@@ -43,7 +43,7 @@ def test_converted_backbone_fills_every_backbone_weight(tmp_path, source, state_
     torch.save(state, src)
     out = tmp_path / "converted.pth"
     cmd = [sys.executable, "tools/convert_weights.py", "--from", source, str(src), str(out)]
-    run_command(cmd, check=True)
+    run_script(cmd, check=True)
 
     cfg = load_config(
         "cityscapes_r50.yaml", ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]
@@ -68,7 +68,7 @@ def test_unplaceable_key_is_named_and_nothing_written(tmp_path):
     src, out = tmp_path / "src.pth", tmp_path / "out.pth"
     torch.save(state, src)
     cmd = [sys.executable, "tools/convert_weights.py", "--from", "torchvision", str(src), str(out)]
-    proc = run_command(cmd)
+    proc = run_script(cmd)
     assert proc.returncode == 1
     assert "layer9.0.mystery.weight" in proc.stderr
     assert not out.exists()
@@ -102,7 +102,7 @@ def test_checkpoint_saved_under_ddp_converts(tmp_path, source, state_fn, flags, 
     src, out = tmp_path / "ddp.pth", tmp_path / "converted.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, src)
     cmd = [sys.executable, "tools/convert_weights.py", "--from", source, *flags]
-    proc = run_command(cmd + [str(src), str(out), *opts])
+    proc = run_script(cmd + [str(src), str(out), *opts])
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     converted = torch.load(out, weights_only=True)["model"]

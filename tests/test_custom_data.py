@@ -4,7 +4,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import run_command
+from conftest import run_script
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
@@ -288,7 +288,7 @@ def write_label_mistakes(folder):
 
 def run_checker(*args):
     cmd = [sys.executable, "tools/check_labels.py", *map(str, args)]
-    return run_command(cmd)
+    return run_script(cmd)
 
 
 def test_inspect_label_finds_each_mistake(tmp_path):

@@ -7,14 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import (
-    REPO_ROOT,
+from conftest import REPO_ROOT, load_script, run_command, tiny_train_net
+from dataset_checks import (
+    assert_files_unchanged,
     check_dataset_metadata,
     check_metadata_addition_keeps_values,
     label_file_states,
-    load_script,
-    run_command,
-    tiny_train_net,
 )
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
@@ -138,10 +136,7 @@ def test_script_second_run_changes_nothing(prepared):
     stdout = run_script(root).stdout
     assert "Nothing to do" in stdout
     assert f"training: {NUM_IMAGES} images, {NUM_IMAGES} labels" in stdout
-    after = converted_files(ade)
-    assert before.keys() == after.keys()
-    for path, (mtime, pixels) in before.items():
-        assert after[path][0] == mtime and np.array_equal(after[path][1], pixels)
+    assert_files_unchanged(before, converted_files(ade))
 
 
 def test_script_after_interruption_converts_only_the_missing_file(tmp_path):
@@ -162,10 +157,12 @@ def test_script_reports_a_missing_archive(tmp_path, capsys):
 
 
 def test_root_defaults_to_detectron2_datasets(monkeypatch, tmp_path):
+    """The --root of every preparation script (datasets/preparation.py)."""
+    preparation = load_script(os.path.join(REPO_ROOT, "datasets", "preparation.py"))
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
-    assert prepare_ade20k.parse_args([]).root == str(tmp_path)
+    assert preparation.parse_args("", "ADEChallengeData2016/", []).root == str(tmp_path)
     monkeypatch.delenv("DETECTRON2_DATASETS")
-    assert prepare_ade20k.parse_args([]).root == "datasets"
+    assert preparation.parse_args("", "ADEChallengeData2016/", []).root == "datasets"
 
 
 def test_detectron2_loader_reads_the_prepared_splits(prepared):

@@ -14,14 +14,12 @@ from cityscapesscripts.helpers.csHelpers import getCsFileInfo
 from cityscapesscripts.helpers.labels import id2label, name2label, trainId2label
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import json2labelImg
-from conftest import (
-    REPO_ROOT,
+from conftest import REPO_ROOT, load_script, run_command, tiny_train_net
+from dataset_checks import (
+    assert_files_unchanged,
     check_dataset_metadata,
     check_metadata_addition_keeps_values,
     label_file_states,
-    load_script,
-    run_command,
-    tiny_train_net,
 )
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
@@ -223,10 +221,7 @@ def test_script_second_run_changes_nothing(prepared):
     stdout = run_script(root)
     assert "Nothing to do" in stdout
     assert f"val: {NUM_PER_SPLIT} images, {NUM_PER_SPLIT} labels" in stdout
-    after = train_ids_files(cs)
-    assert before.keys() == after.keys()
-    for path, (mtime, pixels) in before.items():
-        assert after[path][0] == mtime and np.array_equal(after[path][1], pixels)
+    assert_files_unchanged(before, train_ids_files(cs))
 
 
 def test_script_reports_a_missing_archive(tmp_path, capsys):

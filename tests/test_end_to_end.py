@@ -5,13 +5,13 @@ import os
 import sys
 
 import torch
-from conftest import run_command
+from conftest import run_script
 
 
 def run_train_net(tmp_path, *args):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
     cmd = [sys.executable, "train_net.py", "--config-file", "configs/demo_synthetic.yaml", *args]
-    proc = run_command(cmd, env=env)
+    proc = run_script(cmd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

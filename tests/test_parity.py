@@ -13,7 +13,7 @@ import sys
 import detectron2
 import pytest
 import torch
-from conftest import load_config, run_command
+from conftest import load_config, run_script
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
@@ -51,7 +51,7 @@ def test_mmseg_checkpoint_converts_to_identical_outputs(tmp_path, depth, points)
     converted = tmp_path / "converted.pth"
     cmd = [sys.executable, "tools/convert_weights.py", "--from", "mmseg", "--config-file"]
     cmd += ["configs/cityscapes_r50.yaml", str(source), str(converted), *opts]
-    proc = run_command(cmd)
+    proc = run_script(cmd)
     assert proc.returncode == 0, proc.stderr
 
     ours = build_model(load_config("cityscapes_r50.yaml", opts)).eval()
@@ -77,7 +77,7 @@ def test_mmseg_conversion_refuses_bad_checkpoints(tmp_path):
         torch.save({"state_dict": bad_state}, source)
         cmd = [sys.executable, "tools/convert_weights.py", "--from", "mmseg", "--config-file"]
         cmd += ["configs/cityscapes_r50.yaml", str(source), str(out), *opts]
-        proc = run_command(cmd)
+        proc = run_script(cmd)
         assert proc.returncode == 1 and not out.exists()
         return proc.stderr
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, load_config, run_command
+from conftest import REPO_ROOT, load_config, run_script
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.projects.point_rend.point_features import point_sample
@@ -182,7 +182,7 @@ def test_demo_in_bf16(tmp_path):
         "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "out"),
         "--opts", "MODEL.WEIGHTS", str(tmp_path / "random.pth"), "TEST.PRECISION", "bf16",
     ]  # fmt: skip
-    proc = run_command(cmd)
+    proc = run_script(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.listdir(tmp_path / "out") == ["a.png"]
 

@@ -7,7 +7,7 @@ import sys
 import time
 
 import torch
-from conftest import COMMAND_TIMEOUT_S, kill_all, run_command, start_command, tail_of
+from conftest import kill_all, run_command, run_script, start_command, tail_of
 
 TINY = [
     "SOLVER.MAX_ITER", "12",
@@ -19,12 +19,17 @@ TINY = [
 ]  # fmt: skip
 
 
-def train_net(tmp_path, output_dir, *extra):
-    """Start ``train_net.py`` on the tiny demo; its output goes to ``<output_dir>.log``."""
+def train_net(tmp_path, output_dir, *extra, background=False):
+    """``train_net.py`` on the tiny demo: started in the background (output to
+    ``<output_dir>.log``), or run to completion in this process (returns its output)."""
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
     cmd = [sys.executable, "train_net.py", "--config-file", "configs/demo_synthetic.yaml", *extra]
     cmd += [*TINY, "OUTPUT_DIR", str(output_dir)]
-    return start_command(cmd, f"{output_dir}.log", env=env)
+    if background:
+        return start_command(cmd, f"{output_dir}.log", env=env)
+    proc = run_script(cmd, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
 
 
 def lr_by_iteration(output_dir):
@@ -39,28 +44,24 @@ def lr_by_iteration(output_dir):
 
 def test_sigkill_then_resume_continues_with_the_same_schedule(tmp_path):
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-    reference = victim = resumed = None
+    victim = train_net(tmp_path, killed_dir, background=True)
     try:
-        reference = train_net(tmp_path, reference_dir)
-        victim = train_net(tmp_path, killed_dir)
         tag = killed_dir / "last_checkpoint"
         deadline = time.time() + 300
         while not tag.exists() and victim.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-        assert tag.exists(), "the run never wrote a checkpoint:\n" + tail_of(f"{killed_dir}.log")
-        checkpoint = tag.read_text().strip()
-        checkpointed_iter = torch.load(killed_dir / checkpoint, weights_only=False)["iteration"]
-        assert checkpointed_iter < 11, "the run finished before it could be killed"
-
-        resumed = train_net(tmp_path, killed_dir, "--resume")
-        assert resumed.wait(timeout=COMMAND_TIMEOUT_S) == 0, tail_of(f"{killed_dir}.log")
-        log = tail_of(f"{killed_dir}.log", chars=None)
-        assert f"Starting training from iteration {checkpointed_iter + 1}" in log
-        assert reference.wait(timeout=COMMAND_TIMEOUT_S) == 0, tail_of(f"{reference_dir}.log")
     finally:
-        kill_all(reference, victim, resumed)
+        kill_all(victim)
+    assert tag.exists(), "the run never wrote a checkpoint:\n" + tail_of(f"{killed_dir}.log")
+    checkpoint = tag.read_text().strip()
+    checkpointed_iter = torch.load(killed_dir / checkpoint, weights_only=False)["iteration"]
+    assert checkpointed_iter < 11, "the run finished before it could be killed"
+
+    log = train_net(tmp_path, killed_dir, "--resume")
+    assert f"Starting training from iteration {checkpointed_iter + 1}" in log
+    train_net(tmp_path, reference_dir)
 
     expected, got = lr_by_iteration(reference_dir), lr_by_iteration(killed_dir)
     for iteration in range(checkpointed_iter + 1, 12):

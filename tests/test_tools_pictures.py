@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, load_config, run_command
+from conftest import REPO_ROOT, load_config, run_script
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
@@ -65,7 +65,7 @@ def test_demo_writes_one_overlay_per_image_at_its_size(tmp_path, weights):
         "--output", str(out),
         "--opts", "MODEL.WEIGHTS", weights,
     ]  # fmt: skip
-    proc = run_command(cmd)
+    proc = run_script(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     assert sorted(os.listdir(out)) == ["a.png", "b.png", "c.png", "d.png"]
@@ -178,7 +178,7 @@ def test_plot_metrics_keeps_the_last_of_a_resumed_run(tmp_path):
 
     out = tmp_path / "curves.png"
     cmd = [sys.executable, "tools/plot_metrics.py", str(path), "--output", str(out)]
-    run_command(cmd, check=True)
+    run_script(cmd, check=True)
     expected = tuple(round(x * plot_metrics.DPI) for x in plot_metrics.FIGSIZE)
     assert png_size(out) == expected
 
