@@ -1,12 +1,35 @@
 """pointrend-sem: PointRend semantic segmentation as a detectron2 project.
 
 Importing this package registers its backbone, heads, meta-architecture and datasets.
+
+Without detectron2 (a deployment machine), the package still imports, for the parts that do
+not need it: :mod:`pointrend_sem.export.runner` (runs an exported model) and
+:mod:`pointrend_sem.errors`; anything else says that it needs detectron2.
 """
 
-from . import data  # noqa: F401  (registers datasets)
-from . import modeling  # noqa: F401  (registers model parts)
-from .config import add_pointrend_sem_config
 from .errors import UserError, main_with_one_line_errors
 
-__all__ = ["add_pointrend_sem_config", "UserError", "main_with_one_line_errors"]
 __version__ = "0.1.0"
+
+try:
+    import detectron2  # noqa: F401
+except ModuleNotFoundError as e:
+    if e.name != "detectron2":
+        raise
+    _MISSING_DETECTRON2 = True
+else:
+    _MISSING_DETECTRON2 = False
+
+if not _MISSING_DETECTRON2:
+    from . import data  # noqa: F401  (registers datasets)
+    from . import modeling  # noqa: F401  (registers model parts)
+    from .config import add_pointrend_sem_config
+
+    __all__ = ["add_pointrend_sem_config", "UserError", "main_with_one_line_errors"]
+else:
+
+    def __getattr__(name: str):
+        raise ImportError(
+            f"pointrend_sem.{name} needs detectron2, which is not installed (README.md, "
+            "'Installation'); without it, only pointrend_sem.export.runner runs (exported models)."
+        )
