@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -225,9 +226,17 @@ def test_tool_checks_the_file_and_refuses_in_one_line(tmp_path, capsys):
     config = os.path.join(REPO_ROOT, "configs", "demo_synthetic.yaml")
     output = str(tmp_path / "demo.pt2")
     argv = ["--config-file", config, "--format", "pt2", "--height", "61", "--width", "83"]
-    result = tool.main(argv + ["--output", output, "--runs", "1", "MODEL.DEVICE", "cpu"])
+    for name, size in [("a.png", (40, 50)), ("b.png", (70, 90))]:
+        rng = np.random.default_rng(len(name) + size[0])
+        cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    images = ["--check-images", str(tmp_path / "*.png")]
+    result = tool.main(argv + ["--output", output, "--runs", "1", *images, "MODEL.DEVICE", "cpu"])
     assert result["same_class"] >= MIN_SAME_CLASS and os.path.isfile(output + ".json")
-    assert "latency" in capsys.readouterr().out
+    assert result["same_class_on_images"] >= 0.999
+    out = capsys.readouterr().out
+    assert "latency" in out and "check on 2 images" in out
+    with pytest.raises(FileNotFoundError, match="--check-images"):
+        tool.main(argv + ["--output", output, "--check-images", str(tmp_path / "none*.jpg")])
     with pytest.raises(SystemExit):
         main_with_one_line_errors(tool.main)(
             argv + ["--output", output, "TEST.SLIDING_WINDOW.ENABLED", "True"]

@@ -19,23 +19,28 @@ image and compared with eager PyTorch: the same class on >= 99.99 % of pixels, a
 pixels with scores within 1e-4 of their largest magnitude (not all: where subdivision's top-k
 meets cells of equal uncertainty up to rounding, another runtime may refine other cells), else
 the command fails. Both latencies are printed.
+--check-images GLOB (repeatable): also run the file through ``pointrend_sem.export.runner``
+(resize to the export size, scores back at each image's size) on these images and compare its
+classes with the PyTorch model's on the same resized input; fails below 99.9 % of pixels.
 TEST.AUG.ENABLED and TEST.SLIDING_WINDOW.ENABLED are refused.
 """
 
 import argparse
+import glob
 import logging
 import os
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
+import cv2
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from pointrend_sem import main_with_one_line_errors
 from pointrend_sem.engine import setup
-from pointrend_sem.errors import UserValueError
+from pointrend_sem.errors import UserFileNotFoundError, UserValueError
 from pointrend_sem.export.module import (
     FORMATS,
     agreement,
@@ -43,12 +48,14 @@ from pointrend_sem.export.module import (
     export_model,
     random_image,
 )
-from pointrend_sem.export.runner import load_graph
+from pointrend_sem.export.runner import ExportedPredictor, load_graph
 
 # the check before success: same class on at least this fraction of pixels, scores within this
 # fraction of their largest magnitude
 MIN_SAME_CLASS = 0.9999
 MAX_REL_DIFF = 1e-4
+# --check-images: same class as PyTorch on at least this fraction of the images' pixels
+MIN_SAME_CLASS_ON_IMAGES = 0.999
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -63,6 +70,14 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, metavar="PATH", help="file to write")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the check's image")
+    parser.add_argument(
+        "--check-images",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="also compare with PyTorch on these images, through the runner (a file or a quoted "
+        "glob; repeat the option for more)",
+    )
     parser.add_argument(
         "opts",
         default=[],
@@ -110,6 +125,51 @@ def check_exported(
     return result
 
 
+def image_files(patterns: Sequence[str]) -> List[str]:
+    """The files named by ``patterns`` (files or globs), sorted, each once.
+
+    Raises:
+        UserFileNotFoundError: a pattern names no file.
+    """
+    files = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matches:
+            raise UserFileNotFoundError(f"--check-images {pattern}: no such file.")
+        files += [f for f in matches if f not in files]
+    return files
+
+
+def check_on_images(model, path: str, files: Sequence[str]) -> float:
+    """The fraction of the pixels of ``files`` where the exported ``path``, run by
+    :class:`~pointrend_sem.export.runner.ExportedPredictor`, predicts the class that the PyTorch
+    ``model`` predicts from the same resized input.
+
+    Raises:
+        UserValueError: an image cannot be read, or the fraction is below
+            :data:`MIN_SAME_CLASS_ON_IMAGES`.
+    """
+    predictor = ExportedPredictor(path)
+    same = total = 0
+    for file in files:
+        image_bgr = cv2.imread(file, cv2.IMREAD_COLOR)
+        if image_bgr is None:
+            raise UserValueError(f"--check-images: cannot read {file} as an image.")
+        got = predictor(image_bgr)["sem_seg"].argmax(0)
+        graph_input = torch.from_numpy(predictor.model_input(image_bgr)[0])
+        with torch.no_grad():
+            expected = model.predict([graph_input], [image_bgr.shape[:2]])[0]["sem_seg"]
+        same += (got == expected.argmax(0)).sum().item()
+        total += got.numel()
+    fraction = same / total
+    if fraction < MIN_SAME_CLASS_ON_IMAGES:
+        raise UserValueError(
+            f"The exported {path} gives PyTorch's class on {fraction:.4%} of the pixels of "
+            f"{len(files)} --check-images (need {MIN_SAME_CLASS_ON_IMAGES:.1%})."
+        )
+    return fraction
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     """Parse ``argv``, export, check; return the check's numbers."""
     args = get_parser().parse_args(argv)
@@ -120,6 +180,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         raise UserValueError(f"--height and --width must be >= 1, got {args.height}x{args.width}.")
     if args.format == "aoti" and not args.output.endswith(".pt2"):
         raise UserValueError(f"An AOTInductor package is a .pt2 file; got --output {args.output}.")
+    files = image_files(args.check_images)
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     start = time.perf_counter()
@@ -138,6 +199,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         f"latency (median of {args.runs}, {torch.get_num_threads()} threads): PyTorch "
         f"{result['pytorch_s'] * 1e3:.1f} ms, {args.format} {result['exported_s'] * 1e3:.1f} ms"
     )
+    if files:
+        result["same_class_on_images"] = check_on_images(model, args.output, files)
+        print(
+            f"check on {len(files)} images (--check-images), through the runner: same class as "
+            f"PyTorch on {result['same_class_on_images']:.4%} of pixels"
+        )
     return result
 
 
