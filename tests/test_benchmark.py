@@ -10,9 +10,10 @@ import sys
 
 import detectron2
 import pytest
-from conftest import REPO_ROOT, run_script
+from conftest import REPO_ROOT, load_config, run_script
 
 from tools import benchmark
+from tools.benchmarking import pipeline, report
 from tools.benchmarking.reference_models import DETECTRON2_POINTREND_CONFIG
 
 
@@ -126,3 +127,22 @@ def test_roofline_and_bf16_inference(tmp_path):
     rows = table_rows(stdout)
     assert rows["inference precision (TEST.PRECISION)"] == "bf16"
     assert rows["ours: fraction of its precision's conv ceiling"].endswith("%")
+
+
+def test_input_pipeline_ours_and_mmseg_with_the_config_transforms():
+    pytest.importorskip("mmseg", reason="mmsegmentation is not installed")
+    # the Cityscapes recipe at 1/8 of its scale and a smaller crop: mmsegmentation's pipeline must
+    # take them from the config too
+    opts = ["INPUT.RANDOM_RESIZE.SCALE", "(256, 128)", "INPUT.CROP.SIZE", "(64, 96)"]
+    fields = pipeline.measure_pipeline(load_config("cityscapes_r50.yaml", opts), 2, 128, 256, 0)
+
+    assert fields["pipeline_reference"] == "mmsegmentation"
+    assert fields["pipeline_crop"] == fields["pipeline_reference_crop"] == "64x96"
+    assert fields["pipeline_same_labels"] == 1.0  # same resize, crop and flip on both sides
+    for prefix in ("pipeline", "pipeline_reference"):
+        assert len(fields[f"{prefix}_runs_ms"]) == 2 and fields[f"{prefix}_images_per_s"] > 0
+    ratio = fields["pipeline_images_per_s"] / fields["pipeline_reference_images_per_s"]
+    assert fields["pipeline_speed_ratio"] == pytest.approx(ratio)
+    rows = table_rows(report.format_table(fields))
+    assert rows["input pipeline: samples (H x W), one worker"] == "2 (128x256)"
+    assert rows["input pipeline: crops (H x W)"] == "64x96"

@@ -33,6 +33,9 @@ times (the same image for every run):
   EventStorage) on --batch-size random images with random labels at the config's crop size;
 * --data-loader: images/s of the config's train loader (``Trainer.build_train_loader``) over
   --loader-batches batches after the first one, when the config's dataset is available;
+* --pipeline: images/s of one loader worker running the config's training mapper on
+  --pipeline-samples synthetic --height x --width image + label PNGs, alternating with
+  mmsegmentation's train pipeline with the same transforms (``benchmarking/pipeline.py``);
 * --compare detectron2|mmseg: the reference PointRend built with our config's depth, classes
   and subdivision points, holding the same weights as ours; both are timed alternately (ours,
   theirs, ours, ...) on the same image; reported: its latency, the latency ratio (ours / theirs,
@@ -64,12 +67,13 @@ from pointrend_sem.errors import main_with_one_line_errors
 # tools/benchmarking beside this file: "tools.benchmarking" when imported (the tests),
 # "benchmarking" when run as ``python tools/benchmark.py`` (tools/ is first on sys.path)
 _PARTS = f"{__package__}.benchmarking" if __package__ else "benchmarking"
-exported, inputs, measure, point_share, references, report, roofline, training = (
+exported, inputs, measure, pipeline, point_share, references, report, roofline, training = (
     importlib.import_module(f"{_PARTS}.{name}")
     for name in (
         "exported",
         "inputs",
         "measure",
+        "pipeline",
         "point_share",
         "references",
         "report",
@@ -113,6 +117,14 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--loader-batches", type=int, default=20, help="batches timed by --data-loader"
+    )
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also time the training input pipeline per worker next to mmsegmentation's",
+    )
+    parser.add_argument(
+        "--pipeline-samples", type=int, default=8, help="synthetic samples timed by --pipeline"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the image and weights")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers to this file")
@@ -175,6 +187,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         results.update(training.measure_training(cfg, model, args))
     if args.data_loader:
         results.update(training.measure_data_loader(cfg, args.loader_batches))
+    if args.pipeline:
+        results.update(
+            pipeline.measure_pipeline(
+                cfg, args.pipeline_samples, args.height, args.width, args.seed
+            )
+        )
 
     print(report.format_table(results))
     if args.json:

@@ -15,6 +15,7 @@ from ..modeling.binary import num_output_channels
 from .augmentations import build_test_augmentations, build_train_augmentations
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag detectron2's read_image applies
 
 
 def read_label(file_name: str) -> np.ndarray:
@@ -34,6 +35,15 @@ def read_label(file_name: str) -> np.ndarray:
             return np.asarray(label)
     except (OSError, SyntaxError) as e:
         raise UserValueError(f"Cannot read label {file_name}: {e}") from e
+
+
+def _exif_rotated(image: Image.Image) -> bool:
+    """Whether detectron2's ``read_image`` would rotate or mirror ``image`` (EXIF orientation
+    2..8); True when the EXIF block cannot be read, so that detectron2's reader decides."""
+    try:
+        return image.getexif().get(EXIF_ORIENTATION) in range(2, 9)
+    except Exception:  # detectron2 ignores an unreadable EXIF block; it reads such files
+        return True
 
 
 class SemSegDatasetMapper:
@@ -84,16 +94,24 @@ class SemSegDatasetMapper:
 
     def _read_image(self, file_name: str) -> np.ndarray:
         """(H, W, 3) uint8 image in ``image_format``. Grayscale and RGBA images are converted;
-        16-bit images are scaled to 8 bits (value / 257) instead of being clipped."""
+        16-bit images are scaled to 8 bits (value / 257) instead of being clipped.
+
+        An RGB file without an EXIF rotation (the usual dataset image) is decoded once and taken
+        as it is; detectron2's ``read_image``, which gives the same array, reads the others."""
         try:
-            with Image.open(file_name) as probe:
-                sixteen_bit = probe.mode in SIXTEEN_BIT_MODES
-            if not sixteen_bit:
-                return utils.read_image(file_name, format=self.image_format)
             with Image.open(file_name) as image:
-                values = np.asarray(image).astype(np.float32)
-            gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
-            return np.repeat(gray[:, :, None], 3, axis=2)
+                if image.mode in SIXTEEN_BIT_MODES:
+                    values = np.asarray(image).astype(np.float32)
+                    gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+                    return np.repeat(gray[:, :, None], 3, axis=2)
+                if (
+                    image.mode == "RGB"
+                    and self.image_format in ("RGB", "BGR")
+                    and not _exif_rotated(image)
+                ):
+                    rgb = np.asarray(image)
+                    return rgb[:, :, ::-1] if self.image_format == "BGR" else rgb
+            return utils.read_image(file_name, format=self.image_format)
         except (OSError, SyntaxError, ValueError) as e:
             raise UserValueError(f"Cannot read image {file_name}: {e}") from e
 
@@ -102,9 +120,10 @@ class SemSegDatasetMapper:
         num_labels = None if self.num_classes is None else num_output_channels(self.num_classes)
         if num_labels is None or label.max(initial=0) < num_labels:
             return
-        values = np.unique(label)
-        bad = values[(values >= num_labels) & (values != self.ignore_label)]
-        if len(bad):
+        # two comparisons over the map; np.unique (a sort) only for the error message
+        outside = (label >= num_labels) & (label != self.ignore_label)
+        if outside.any():
+            bad = np.unique(label[outside])
             raise UserValueError(
                 f"Label {file_name} has values {bad.tolist()} outside [0, {num_labels}) "
                 f"that are not the ignore value {self.ignore_label}; fix the label files or "

@@ -4,6 +4,7 @@
 * :mod:`.inputs`: the benchmark image and detectron2-style inputs and outputs;
 * :mod:`.point_share`: time spent in the point head and the point selection;
 * :mod:`.training`: training iteration time and the train loader's throughput;
+* :mod:`.pipeline`: the training input pipeline per worker, ours and mmsegmentation's;
 * :mod:`.references`: the reference implementations (detectron2, mmsegmentation) to compare with;
 * :mod:`.report`: the results' first fields, the inference fields and the printed table.
 """

@@ -54,6 +54,18 @@ ROWS: List[Tuple[str, str, Union[str, Callable[[Dict[str, Any]], str]]]] = [
     ("loader_status", "train data loader", "{}"),
     ("loader_workers", "data loader workers", "{}"),
     ("loader_images_per_s", "data loader throughput (images/s)", "{:.1f}"),
+    (
+        "pipeline_samples",
+        "input pipeline: samples (H x W), one worker",
+        lambda r: f"{r['pipeline_samples']} ({r['pipeline_image']})",
+    ),
+    ("pipeline_crop", "input pipeline: crops (H x W)", "{}"),
+    ("pipeline_images_per_s", "input pipeline, ours (images/s)", "{:.2f}"),
+    ("pipeline_reference", "input pipeline reference", "{}"),
+    ("pipeline_reference_crop", "input pipeline reference: crops (H x W)", "{}"),
+    ("pipeline_reference_images_per_s", "input pipeline, reference (images/s)", "{:.2f}"),
+    ("pipeline_speed_ratio", "input pipeline speed ratio ours / reference (images/s)", "{:.3f}"),
+    ("pipeline_same_labels", "input pipeline: samples with the reference's label crop", "{:.0%}"),
 ]
 
 
