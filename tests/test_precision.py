@@ -205,3 +205,33 @@ def test_amp_training_on_cpu_runs_bf16_autocast(tmp_path):
     hook.remove()
     assert seen[:2] == [torch.bfloat16] * 2  # the two training steps (then a fp32 evaluation)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("stem", ["basic", "deeplab"])
+def test_relu_fused_copy_computes_what_the_model_computes(stem):
+    """An fp32 inference copy with every ReLU (and residual sum) fused into its convolution
+    (oneDNN post-ops) gives the backbone's and coarse head's outputs of the model itself."""
+    from pointrend_sem.modeling.onednn_fusion import fuse_relu_convs_, fused_op_available
+
+    opts = ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]
+    opts += ["MODEL.RESNETS.STEM_TYPE", stem, "MODEL.RESNETS.DEPTH", "50", "MODEL.WEIGHTS", ""]
+    torch.manual_seed(0)
+    model = build_model(load_config("cityscapes_r50.yaml", opts)).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # statistics as a trained model has
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(1, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+    fused = precision.ReducedPrecisionCopy(torch.float32, fuse_relu=True).get(model.backbone)
+    replaced = {type(m).__name__ for m in fused.modules() if "ReLUFused" in type(m).__name__}
+    if fused_op_available():
+        stem_class = "ReLUFusedBasicStem" if stem == "basic" else "ReLUFusedDeepLabStem"
+        assert {"ReLUFusedBottleneckBlock", stem_class} <= replaced
+    assert fuse_relu_convs_(torch.nn.Linear(2, 2)) == 0
+    head = model.sem_seg_head.coarse_sem_seg_head
+    fused_head = precision.ReducedPrecisionCopy(torch.float32, fuse_relu=True).get(head)
+    with torch.no_grad():
+        expected, got = model.backbone(x), fused(x)
+        expected["logits"], got["logits"] = head.layers(expected), fused_head.layers(got)
+    for name, value in expected.items():  # fp32 rounding (norms folded, sums fused) only
+        assert (got[name] - value).abs().max() <= 1e-5 * value.abs().max(), name

@@ -30,6 +30,7 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
 
 from .conv_norm_folding import _BATCH_NORMS, _is_foldable, fold_norm_into
+from .onednn_fusion import fuse_relu_convs_
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +122,15 @@ class ReducedPrecisionCopy:
     optimizers and ``.to()`` see only the original.
     """
 
-    def __init__(self, dtype: torch.dtype):
+    def __init__(self, dtype: torch.dtype, fuse_relu: bool = True):
+        """
+        Args:
+            dtype: of the copy's floating-point parameters and buffers.
+            fuse_relu: run convolutions followed by a ReLU (or a residual sum and a ReLU) as one
+                fused call on CPU (:mod:`.onednn_fusion`).
+        """
         self.dtype = dtype
+        self.fuse_relu = fuse_relu
         self._key = None
         self._copy: Optional[nn.Module] = None
 
@@ -139,6 +147,8 @@ class ReducedPrecisionCopy:
                     sub.__dict__.pop("_reduced_precision", None)
                 _fold_norms_(reduced)
                 reduced.to(self.dtype)
+                if self.fuse_relu:
+                    fuse_relu_convs_(reduced)
             for param in reduced.parameters():
                 param.requires_grad_(False)
             self._copy, self._key = reduced, key
@@ -146,7 +156,7 @@ class ReducedPrecisionCopy:
 
     def __deepcopy__(self, memo):
         # a copied model rebuilds its own copy on first use
-        return ReducedPrecisionCopy(self.dtype)
+        return ReducedPrecisionCopy(self.dtype, self.fuse_relu)
 
 
 def point_sample_as_float(
