@@ -32,9 +32,21 @@ def add_pointrend_sem_config(cfg: CN) -> None:
     # pass less over each feature map); parameters and checkpoints are unchanged.
     cfg.MODEL.FOLD_NORMS = True
 
+    # The FCN coarse head (FCNCoarseHead, mmsegmentation's FCNHead) on the one map of
+    # MODEL.SEM_SEG_HEAD.IN_FEATURES: FCN_NUM_CONVS 3x3 convs of CONVS_DIM channels; with
+    # FCN_CONCAT_INPUT the map is concatenated to their output and fused by one more 3x3 conv;
+    # channel dropout FCN_DROPOUT before the classifier.
+    cfg.MODEL.SEM_SEG_HEAD.FCN_NUM_CONVS = 2
+    cfg.MODEL.SEM_SEG_HEAD.FCN_CONCAT_INPUT = True
+    cfg.MODEL.SEM_SEG_HEAD.FCN_DROPOUT = 0.1
+
     cfg.MODEL.POINTREND_SEM = CN()
     # Name of the coarse head in SEM_SEG_HEADS_REGISTRY. It reads MODEL.SEM_SEG_HEAD.* and must
-    # expose ``layers(features) -> (N, num_classes, H / COMMON_STRIDE, W / COMMON_STRIDE)``.
+    # expose ``layers(features) -> (N, num_classes, H / s, W / s)`` logits and their stride
+    # ``common_stride`` s (MODEL.SEM_SEG_HEAD.COMMON_STRIDE for detectron2's heads), checked when
+    # the model is built (pointrend_sem/modeling/coarse_head.py). Besides the Semantic FPN heads:
+    # "DeepLabV3PlusCoarseHead", "DeepLabV3CoarseHead" (detectron2's DeepLab heads with ASPP
+    # pooling that adapts to the input size) and "FCNCoarseHead".
     cfg.MODEL.POINTREND_SEM.COARSE_HEAD_NAME = "SemSegFPNHead"
     # Name of the point head in SEM_SEG_POINT_HEAD_REGISTRY.
     cfg.MODEL.POINTREND_SEM.POINT_HEAD_NAME = "MLPPointHead"
@@ -55,7 +67,8 @@ def add_pointrend_sem_config(cfg: CN) -> None:
     # drawn uniformly at random.
     cfg.MODEL.POINTREND_SEM.IMPORTANCE_SAMPLE_RATIO = 0.75
     # Inference: number of x2 upsampling steps of adaptive subdivision (2 takes the stride-4
-    # coarse prediction to full resolution).
+    # coarse prediction to full resolution); -1 derives them from the coarse head's stride s,
+    # ceil(log2 s) steps to stride 1 (4 for a stride-16 DeepLabV3 head).
     cfg.MODEL.POINTREND_SEM.SUBDIVISION_STEPS = 2
     # Inference: number of most uncertain points re-predicted at each subdivision step.
     cfg.MODEL.POINTREND_SEM.SUBDIVISION_NUM_POINTS = 8196
@@ -129,10 +142,12 @@ def add_pointrend_sem_config(cfg: CN) -> None:
     # MODEL.FPN.SIZE_DIVISIBILITY. The crop modes need an "absolute" INPUT.CROP; a batch with an
     # image larger than the crop pads to that image instead.
     cfg.INPUT.TRAIN_PADDING = "batch"
-    # Initialisation of the heads' layers (not the backbone or FPN): "detectron2" (MSRA fill,
+    # Initialisation of the heads' layers (not the backbone or FPN): "detectron2" (coarse heads
+    # as built: MSRA fill of the Semantic FPN and FCN heads, Xavier fill of the DeepLab heads;
     # point predictor N(0, 0.001)); "mmseg" (mmsegmentation 0.x, which trained the published
-    # models: ConvModule's Kaiming = MSRA fill, coarse predictor N(0, 0.01), point predictor
-    # N(0, 0.001)); "sssegmentation" (PyTorch's default initialisation of every layer).
+    # models: ConvModule's Kaiming = MSRA fill, coarse predictor N(0, 0.01), which needs a coarse
+    # head whose classifier conv is ``predictor``, point predictor N(0, 0.001)); "sssegmentation"
+    # (PyTorch's default initialisation of every layer).
     cfg.MODEL.POINTREND_SEM.HEAD_INIT = "detectron2"
     # Norm after each hidden layer of the point head ("" = none, or a detectron2 norm name such as
     # "BN", "SyncBN"), applied per channel over all points of the batch; with a norm the layers

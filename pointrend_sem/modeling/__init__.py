@@ -2,7 +2,13 @@
 
 from .backbone import SizeMatchedFPN, build_pointrend_resnet_fpn_backbone, build_resnet
 from .binary import num_output_channels
-from .coarse_head import SizeMatchedSemSegFPNHead
+from .coarse_head import (
+    SizeMatchedSemSegFPNHead,
+    build_coarse_head,
+    check_coarse_head,
+    subdivision_steps_for,
+)
+from .coarse_head_adapters import DeepLabV3CoarseHead, DeepLabV3PlusCoarseHead, FCNCoarseHead
 from .meta_arch import PointRendSemanticSegmentor, postprocess_logits
 from .point_head import SEM_SEG_POINT_HEAD_REGISTRY, MLPPointHead, build_point_head
 from .point_sampling import (
@@ -16,6 +22,12 @@ from .subdivision_trace import SubdivisionStep, SubdivisionTrace
 __all__ = [
     "SizeMatchedFPN",
     "SizeMatchedSemSegFPNHead",
+    "build_coarse_head",
+    "check_coarse_head",
+    "subdivision_steps_for",
+    "DeepLabV3CoarseHead",
+    "DeepLabV3PlusCoarseHead",
+    "FCNCoarseHead",
     "build_pointrend_resnet_fpn_backbone",
     "build_resnet",
     "num_output_channels",

@@ -8,6 +8,7 @@ H_c x W_c: the coarse logits' grid, S: subdivision steps, H_k x W_k: the grid of
 or the ``min(M, H_k * W_k)`` cells re-predicted at a step).
 """
 
+import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -18,12 +19,15 @@ from detectron2.projects.point_rend.point_features import point_sample
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import UserValueError
 from .binary import is_one_logit, one_logit_loss_sum
-from .coarse_head import init_coarse_head_
+from .coarse_head import build_coarse_head, subdivision_steps_for
 from .point_head import build_point_head
 from .point_sampling import sample_training_points, select_uncertain_grid_points
 from .precision import point_sample_as_float
 from .subdivision_trace import SubdivisionTrace
+
+logger = logging.getLogger(__name__)
 
 
 def cross_entropy_with_ignore(
@@ -111,13 +115,16 @@ class PointRendSemHead(nn.Module):
         """
         Args:
             coarse_sem_seg_head: has ``layers(features) -> (N, C, H_c, W_c)`` logits at its
-                ``common_stride`` s (H_c = H / s for a padded H divisible by s).
+                ``common_stride`` s (H_c = H / s for a padded H divisible by s): the contract of
+                :mod:`.coarse_head`, checked by :func:`.coarse_head.build_coarse_head`.
             point_head: called as ``point_head(fine (N, C_fine, P), coarse (N, C, P))``.
             in_features: feature maps the fine-grained point features are sampled from.
             ignore_value: label ignored by both losses.
             train_num_points, oversample_ratio, importance_sample_ratio: P, k and beta of
                 training point selection (:func:`.point_sampling.sample_training_points`).
-            subdivision_steps, subdivision_num_points: S and M of adaptive subdivision.
+            subdivision_steps, subdivision_num_points: S and M of adaptive subdivision
+                (``from_config`` derives S from s when SUBDIVISION_STEPS is -1, see
+                :func:`.coarse_head.subdivision_steps_for`).
             coarse_loss_weight, point_loss_weight: loss weights.
             loss_avg_non_ignore: see :func:`cross_entropy_with_ignore`.
             points_off_padding: in inference, give the padding of a batch subdivision points
@@ -144,12 +151,19 @@ class PointRendSemHead(nn.Module):
         head_cfg = cfg.MODEL.POINTREND_SEM
         missing = [f for f in head_cfg.IN_FEATURES if f not in input_shape]
         if missing:
-            raise ValueError(
+            raise UserValueError(
                 f"MODEL.POINTREND_SEM.IN_FEATURES names {missing}, which the backbone does not "
-                f"produce; choose from {sorted(input_shape)}."
+                f"produce; choose the maps the point head samples from {sorted(input_shape)}."
             )
-        coarse_head = SEM_SEG_HEADS_REGISTRY.get(head_cfg.COARSE_HEAD_NAME)(cfg, input_shape)
-        init_coarse_head_(coarse_head, head_cfg.HEAD_INIT)
+        coarse_head = build_coarse_head(cfg, input_shape)
+        fine_stride = min(input_shape[f].stride or 0 for f in head_cfg.IN_FEATURES)
+        if fine_stride > coarse_head.common_stride:
+            logger.warning(
+                f"MODEL.POINTREND_SEM.IN_FEATURES {list(head_cfg.IN_FEATURES)} are at stride "
+                f"{fine_stride}, coarser than the coarse logits ({coarse_head.common_stride}): "
+                "the point head gets no finer detail than the coarse head; name the backbone's "
+                "finest map (p2, res2)."
+            )
         fine_channels = sum(input_shape[f].channels for f in head_cfg.IN_FEATURES)
         return {
             "coarse_sem_seg_head": coarse_head,
@@ -159,7 +173,9 @@ class PointRendSemHead(nn.Module):
             "train_num_points": head_cfg.TRAIN_NUM_POINTS,
             "oversample_ratio": head_cfg.OVERSAMPLE_RATIO,
             "importance_sample_ratio": head_cfg.IMPORTANCE_SAMPLE_RATIO,
-            "subdivision_steps": head_cfg.SUBDIVISION_STEPS,
+            "subdivision_steps": subdivision_steps_for(
+                head_cfg.SUBDIVISION_STEPS, coarse_head.common_stride
+            ),
             "subdivision_num_points": head_cfg.SUBDIVISION_NUM_POINTS,
             "coarse_loss_weight": head_cfg.COARSE_LOSS_WEIGHT,
             "point_loss_weight": head_cfg.POINT_LOSS_WEIGHT,
