@@ -95,24 +95,28 @@ def _all_loggers():
 
 
 @contextlib.contextmanager
-def _logging_left_as_found():
+def logging_left_as_found():
     """What a command changes in logging is undone after it: detectron2's ``setup_logger`` adds
     handlers (to the stdout of that command) and stops propagation to the root logger (which
     pytest's ``caplog`` reads); it also forgets its calls (its ``lru_cache``), so that the next
     command's logs go to that command's own output."""
     before = {
-        id(logger): (list(logger.handlers), logger.level, logger.propagate)
+        id(logger): (list(logger.handlers), logger.level, logger.propagate, logger.disabled)
         for logger in _all_loggers()
     }
+    disabled_below = logging.root.manager.disable
     try:
         yield
     finally:
         for logger in _all_loggers():
-            handlers, level, propagate = before.get(id(logger), ([], logging.NOTSET, True))
+            handlers, level, propagate, disabled = before.get(
+                id(logger), ([], logging.NOTSET, True, False)
+            )
             for handler in [h for h in logger.handlers if h not in handlers]:
                 logger.removeHandler(handler)
             logger.setLevel(level)
-            logger.propagate = propagate
+            logger.propagate, logger.disabled = propagate, disabled
+        logging.disable(disabled_below)
         setup_logger.cache_clear()
 
 
@@ -138,7 +142,7 @@ def run_script(cmd, *, env=None, check=False, cwd=REPO_ROOT) -> subprocess.Compl
         sys.argv = [script, *args[1:]]
         sys.path.insert(0, os.path.dirname(script))
         os.chdir(cwd)
-        with _environment(None if env is None else dict(env)), _logging_left_as_found():
+        with _environment(None if env is None else dict(env)), logging_left_as_found():
             with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
                 try:
                     runpy.run_path(script, run_name="__main__")

@@ -5,10 +5,11 @@ fit; the example registering a head of one's own trains and evaluates."""
 
 import json
 import os
+import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_MODEL, load_config, load_script
+from conftest import REPO_ROOT, TINY_MODEL, load_config, run_script
 from detectron2.layers import Conv2d
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, build_model
 from detectron2.utils.events import EventStorage
@@ -158,13 +159,14 @@ def test_subdivision_steps_from_the_stride(steps, stride, expected):
     assert subdivision_steps_for(steps, stride) == expected
 
 
-def test_example_trains_pointrend_on_its_own_head(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
-    example = load_script(os.path.join(REPO_ROOT, "examples", "custom_coarse_head.py"))
+def test_example_trains_pointrend_on_its_own_head(tmp_path):
     output_dir = tmp_path / "output"
     opts = [*TINY_MODEL, "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", str(output_dir)]
     config = os.path.join(REPO_ROOT, "configs", "demo_synthetic.yaml")
-    example.main(["--config-file", config, *[str(x) for x in opts]])
+    cmd = [sys.executable, "examples/custom_coarse_head.py", "--config-file", config, *opts]
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+    proc = run_script(cmd, env=env)  # in this process, as `python examples/...` runs it
+    assert proc.returncode == 0, proc.stderr[-3000:]
     with open(output_dir / "metrics.json") as f:
         metrics = {k: v for line in f for k, v in json.loads(line).items()}
     assert {"sem_seg/mIoU", "coarse_sem_seg/mIoU"} <= set(metrics)
