@@ -10,10 +10,12 @@ import sys
 
 import detectron2
 import pytest
+import torch
 from conftest import REPO_ROOT, load_config, run_script
+from detectron2.modeling import build_model
 
 from tools import benchmark
-from tools.benchmarking import pipeline, report
+from tools.benchmarking import pipeline, report, roofline
 from tools.benchmarking.reference_models import DETECTRON2_POINTREND_CONFIG
 
 
@@ -127,6 +129,16 @@ def test_roofline_and_bf16_inference(tmp_path):
     rows = table_rows(stdout)
     assert rows["inference precision (TEST.PRECISION)"] == "bf16"
     assert rows["ours: fraction of its precision's conv ceiling"].endswith("%")
+
+
+def test_flops_of_the_fused_bf16_copy_are_the_models():
+    """The oneDNN fused convolutions of a bf16 inference copy are counted as convolutions."""
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
+    flops = {}
+    for precision in ("fp32", "bf16"):
+        model = build_model(load_config("demo_synthetic.yaml", ["TEST.PRECISION", precision]))
+        flops[precision] = roofline.count_flops(lambda: model.eval().predict([image]))
+    assert flops["bf16"] == flops["fp32"] > 0
 
 
 def test_input_pipeline_ours_and_mmseg_with_the_config_transforms():

@@ -4,7 +4,8 @@ FLOPs are counted as 2 per multiply-add (so a matmul of (M, K) by (K, N) is 2 M 
 ``torch.utils.flop_counter.FlopCounterMode`` over one inference pass: convolutions, matrix
 products and the other ops it knows; elementwise ops, norms, sampling and sorting are not
 counted (they are memory-bound, a few % of the FLOPs). fvcore's ``FlopCountAnalysis`` reports
-multiply-adds, half this number.
+multiply-adds, half this number. The oneDNN fused convolutions of a reduced-precision copy
+(``pointrend_sem.modeling.onednn_fusion``) are counted as the convolutions they are.
 """
 
 import time
@@ -12,7 +13,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula
 
 from .measure import synchronize
 
@@ -22,6 +23,15 @@ MATMUL_SIZE = 2048
 CONV_SHAPE = (1, 256, 128, 256)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+if hasattr(torch.ops.mkldnn, "_convolution_pointwise"):  # what FlopCounterMode does not know
+
+    @register_flop_formula(torch.ops.mkldnn._convolution_pointwise)
+    def _fused_conv_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
+        # .default: (X, W, B, padding, ..., 10 arguments); .binary: (X, other, W, B, ..., 13)
+        w_shape = args[0] if len(args) < 12 else args[1]
+        return conv_flop_count(x_shape, w_shape, out_shape)
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
