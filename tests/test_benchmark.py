@@ -4,6 +4,7 @@ Smoke tests only: the numbers' presence, consistency and the agreement with the 
 implementations are checked, never their speed.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ from conftest import REPO_ROOT, load_config, run_script
 from detectron2.modeling import build_model
 
 from tools import benchmark
-from tools.benchmarking import pipeline, report, roofline
+from tools.benchmarking import pipeline, report, roofline, training
 from tools.benchmarking.reference_models import DETECTRON2_POINTREND_CONFIG
 
 
@@ -66,7 +67,7 @@ def test_demo_inference_training_and_loader(tmp_path):
     assert results["point_head_calls"] == 2  # one per subdivision step
     assert 0 < results["point_share"] < 1
     assert results["point_head_ms"] + results["point_selection_ms"] <= results["point_pass_ms"]
-    assert results["train_crop"] == "96x96"
+    assert results["train_crop"] == "96x96" and results["train_precision"] == "fp32"
     assert results["loader_status"] == "ok" and results["loader_images_per_s"] > 0
     assert "agreement" not in results
 
@@ -158,3 +159,14 @@ def test_input_pipeline_ours_and_mmseg_with_the_config_transforms():
     rows = table_rows(report.format_table(fields))
     assert rows["input pipeline: samples (H x W), one worker"] == "2 (128x256)"
     assert rows["input pipeline: crops (H x W)"] == "64x96"
+
+
+def test_training_iteration_with_amp_runs_under_bf16_autocast():
+    cfg = load_config("demo_synthetic.yaml", ["SOLVER.AMP.ENABLED", "True"])
+    model = build_model(cfg)
+    seen = []
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    args = argparse.Namespace(height=64, width=64, batch_size=1, seed=0, warmup=0, runs=1)
+    fields = training.measure_training(cfg, model, args)
+    assert fields["train_precision"] == "bf16" and fields["train_iter_median_ms"] > 0
+    assert seen == [True]

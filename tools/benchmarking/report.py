@@ -48,6 +48,7 @@ ROWS: List[Tuple[str, str, Union[str, Callable[[Dict[str, Any]], str]]]] = [
     ("reference_achieved_gflops", "reference: achieved GFLOP/s", "{:.0f}"),
     ("reference_ceiling_fraction", "reference: fraction of the fp32 conv ceiling", "{:.1%}"),
     ("train_crop", "training crop (H x W)", "{}"),
+    ("train_precision", "training precision (SOLVER.AMP.ENABLED)", "{}"),
     ("train_iter_median_ms", "training iteration, median (ms)", "{:.1f}"),
     ("train_iter_min_ms", "training iteration, min (ms)", "{:.1f}"),
     ("train_iter_max_ms", "training iteration, max (ms)", "{:.1f}"),

@@ -13,7 +13,12 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    conv_flop_count,
+    flop_registry,
+    register_flop_formula,
+)
 
 from .measure import synchronize
 
@@ -25,9 +30,12 @@ CONV_SHAPE = (1, 256, 128, 256)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-if hasattr(torch.ops.mkldnn, "_convolution_pointwise"):  # what FlopCounterMode does not know
+# what FlopCounterMode does not know (registered once, also when this file is loaded twice: as
+# tools.benchmarking.roofline and as benchmarking.roofline)
+_FUSED_CONV = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+if _FUSED_CONV is not None and _FUSED_CONV not in flop_registry:
 
-    @register_flop_formula(torch.ops.mkldnn._convolution_pointwise)
+    @register_flop_formula(_FUSED_CONV)
     def _fused_conv_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
         # .default: (X, W, B, padding, ..., 10 arguments); .binary: (X, other, W, B, ..., 13)
         w_shape = args[0] if len(args) < 12 else args[1]

@@ -24,7 +24,8 @@ def crop_size(cfg, height: int, width: int) -> Tuple[int, int]:
 
 def measure_training(cfg, model: nn.Module, args) -> Dict[str, Any]:
     """Median/min/max time of a training iteration (forward, backward, optimizer step) on
-    --batch-size random images with random labels at the config's crop size.
+    --batch-size random images with random labels at the config's crop size, the step
+    under autocast when ``SOLVER.AMP.ENABLED``.
 
     ``args``: the command line's ``height``, ``width``, ``batch_size``, ``seed``, ``warmup``
     and ``runs``. Updates ``model``'s weights: run it after the inference measurements.
@@ -44,11 +45,17 @@ def measure_training(cfg, model: nn.Module, args) -> Dict[str, Any]:
     optimizer = Trainer.build_optimizer(cfg, model)
     model.train()
 
+    # SOLVER.AMP.ENABLED: the step under autocast, as the trainer runs it (bf16 on CPU,
+    # pointrend_sem.engine.amp; fp16 on CUDA, whose gradient scaler does not change the time)
+    amp = cfg.SOLVER.AMP.ENABLED
+    amp_dtype = torch.bfloat16 if torch.device(device).type == "cpu" else torch.float16
+
     def step():
-        losses = model(batch)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
+        with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp):
+            losses = model(batch)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
 
     seconds = []
     with EventStorage():
@@ -57,7 +64,8 @@ def measure_training(cfg, model: nn.Module, args) -> Dict[str, Any]:
             if index >= args.warmup:
                 seconds.append(elapsed)
     fields = {k.replace("latency", "train_iter"): v for k, v in latency_fields("", seconds).items()}
-    return {"train_crop": f"{height}x{width}", **fields}
+    precision = ("bf16" if amp_dtype == torch.bfloat16 else "fp16") if amp else "fp32"
+    return {"train_crop": f"{height}x{width}", "train_precision": precision, **fields}
 
 
 def measure_data_loader(cfg, num_batches: int) -> Dict[str, Any]:
