@@ -39,13 +39,15 @@ lint: $(PACKAGE)
 setup-torch:
 	$(PYTHON) -m pip install $(or $(INSTALLED_TORCH),torch) torchvision
 
-# on no package index: its official source, built against the installed PyTorch
+# on no package index: its official source, built against the installed PyTorch. --use-pep517:
+# the pip of a new venv (23.x) would run the legacy `setup.py develop`, which today's setuptools
+# hands back to pip *with* build isolation, where torch is missing
 setup-detectron2: | $(TORCH)
 	$(PYTHON) -m pip install setuptools wheel  # no build isolation: the build uses these
 ifeq ($(wildcard $(DETECTRON2_SRC)/setup.py),)
 	git clone $(DETECTRON2_URL) $(DETECTRON2_SRC)
 endif
-	$(PYTHON) -m pip install --no-build-isolation -e $(abspath $(DETECTRON2_SRC))
+	$(PYTHON) -m pip install --no-build-isolation --use-pep517 -e $(abspath $(DETECTRON2_SRC))
 
 setup-package: | $(TORCH) $(DETECTRON2)
 	$(PYTHON) -m pip install -e ".[dev]"

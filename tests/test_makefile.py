@@ -49,7 +49,7 @@ def test_a_bare_python_gets_every_piece_in_order(bare_python, tmp_path):
     expected = [
         f"{bare_python} {PIP} torch torchvision",
         f"git clone https://github.com/facebookresearch/detectron2.git {clone}",
-        f"{bare_python} {PIP} --no-build-isolation -e ",
+        f"{bare_python} {PIP} --no-build-isolation --use-pep517 -e ",
         f'{bare_python} {PIP} -e ".[dev]"',
         f"{bare_python} {PIP} --no-deps mmcv-lite==2.1.0 mmengine==0.10.7 mmsegmentation==1.2.2",
     ]
@@ -66,7 +66,7 @@ def test_an_existing_detectron2_checkout_is_installed_not_cloned(bare_python, tm
     (checkout / "setup.py").write_text("")
     demo = make_n("demo", f"PYTHON={bare_python}", f"DETECTRON2_SRC={checkout}")
     assert not [line for line in demo if "git clone" in line]
-    assert f"{bare_python} {PIP} --no-build-isolation -e {checkout}" in demo
+    assert f"{bare_python} {PIP} --no-build-isolation --use-pep517 -e {checkout}" in demo
 
 
 def hide(tmp_path, module):
