@@ -3,7 +3,7 @@ format reproduces eager PyTorch, the runner needs no training stack, unsupported
 refused.
 
 ONNX and torch.export's .pt2 are tested at two sizes (one odd) of the demo config and of the
-R-50 mmsegmentation recipe. AOTInductor generates and compiles C++ for about 40 s a model on
+R-50 mmsegmentation recipe. AOTInductor generates and compiles C++ for 40 s to 2 min a model on
 one core, so every run tests it at the odd size of the demo config, and
 POINTREND_SEM_TEST_AOTI=1 at all four.
 """
@@ -130,7 +130,7 @@ def test_exported_file_reproduces_pytorch(models, exports, name, size, fmt):
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_aoti_package_reproduces_pytorch(models, exports, name, size):
     if (name, size) != ("demo", SIZES[1]) and os.environ.get(ALL_AOTI_ENV) != "1":
-        pytest.skip(f"AOTInductor compiles for about 40 s a model; {ALL_AOTI_ENV}=1 runs all")
+        pytest.skip(f"AOTInductor compiles for up to 2 min a model; {ALL_AOTI_ENV}=1 runs all")
     _, model = models[name]
     run_graph = load_graph(exports(name, size, "aoti"), "aoti")
     for seed in (1, 2):
