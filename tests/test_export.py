@@ -4,7 +4,7 @@ refused.
 
 ONNX and torch.export's .pt2 are tested at two sizes (one odd) of the demo config and of the
 R-50 mmsegmentation recipe. AOTInductor generates and compiles C++ for 40 s to 2 min a model on
-one core, so every run tests it at the odd size of the demo config, and
+2 cores, so every run tests it at the odd size of the demo config, and
 POINTREND_SEM_TEST_AOTI=1 at all four.
 """
 

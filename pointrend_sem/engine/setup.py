@@ -102,8 +102,14 @@ def explain_config_errors(cfg, source: str) -> Iterator[None]:
 
 
 def check_weights_file(weights: str) -> None:
-    """Raise when ``MODEL.WEIGHTS`` names a local file that does not exist (URLs and
-    ``detectron2://`` paths are left to detectron2's checkpointer, which downloads them)."""
+    """Raise when ``MODEL.WEIGHTS`` names a local file that does not exist, or a ``file://`` URL
+    (which detectron2's checkpointer does not read: it wants the path). Other URLs and
+    ``detectron2://`` paths are left to the checkpointer, which downloads them."""
+    if weights.startswith("file://"):
+        raise UserValueError(
+            f"MODEL.WEIGHTS {weights}: detectron2's checkpointer reads a local file by its path; "
+            f"give MODEL.WEIGHTS {weights[len('file://'):]} without file://."
+        )
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise UserFileNotFoundError(
             f"MODEL.WEIGHTS {weights} does not exist. Obtain it (README, 'Pretrained "
