@@ -122,7 +122,7 @@ def build_coarse_head(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
     """
     name = cfg.MODEL.POINTREND_SEM.COARSE_HEAD_NAME
     if name not in SEM_SEG_HEADS_REGISTRY or name == "PointRendSemHead":
-        choices = sorted(set(SEM_SEG_HEADS_REGISTRY._obj_map) - {"PointRendSemHead"})
+        choices = sorted({n for n, _ in SEM_SEG_HEADS_REGISTRY} - {"PointRendSemHead"})
         raise UserKeyError(
             f"MODEL.POINTREND_SEM.COARSE_HEAD_NAME {name!r} is not a coarse head of "
             f"SEM_SEG_HEADS_REGISTRY; choose one of {choices}, or register your own "
