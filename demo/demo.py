@@ -15,7 +15,6 @@ CUDA when the config asks for it and it is there, else on CPU.
 """
 
 import argparse
-import glob
 import os
 from typing import List, Optional
 
@@ -32,8 +31,7 @@ from pointrend_sem.errors import (
     main_with_one_line_errors,
 )
 from pointrend_sem.export.runner import ExportedPredictor
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from pointrend_sem.image_inputs import expand_image_inputs
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -64,34 +62,6 @@ def get_parser() -> argparse.ArgumentParser:
     )
     add_opts_argument(parser)
     return parser
-
-
-def expand_inputs(patterns: List[str]) -> List[str]:
-    """Image paths named by ``patterns``: files, folders (their image files, sorted) and glob
-    patterns (their matches, sorted), in order and without repeats.
-
-    Raises:
-        FileNotFoundError: a pattern names nothing, or nothing is found at all.
-    """
-    paths: List[str] = []
-    for pattern in patterns:
-        pattern = os.path.expanduser(pattern)
-        if os.path.isdir(pattern):
-            found = sorted(
-                os.path.join(pattern, name)
-                for name in os.listdir(pattern)
-                if name.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        elif glob.has_magic(pattern):
-            found = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
-        elif os.path.isfile(pattern):
-            found = [pattern]
-        else:
-            raise UserFileNotFoundError(f"No such image, folder or glob match: {pattern}")
-        paths += [p for p in found if p not in paths]
-    if not paths:
-        raise UserFileNotFoundError(f"No image found in {list(patterns)}")
-    return paths
 
 
 def overlay_paths(inputs: List[str], output_dir: str) -> List[str]:
@@ -158,7 +128,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     logger = setup_logger()
     cfg = setup(args, log=False)
     check_weights_file(cfg.MODEL.WEIGHTS)
-    inputs = None if args.video_input else expand_inputs(args.input)  # before the model
+    inputs = (
+        None if args.video_input else expand_image_inputs(args.input, "--input")
+    )  # before the model
     demo = VisualizationDemo(cfg, alpha=args.alpha)
     if args.exported:
         demo.predictor = ExportedPredictor(args.exported)  # same call: BGR in, "sem_seg" out

@@ -26,7 +26,6 @@ TEST.AUG.ENABLED and TEST.SLIDING_WINDOW.ENABLED are refused.
 """
 
 import argparse
-import glob
 import logging
 import os
 import sys
@@ -40,7 +39,7 @@ from detectron2.modeling import build_model
 
 from pointrend_sem import main_with_one_line_errors
 from pointrend_sem.engine import setup
-from pointrend_sem.errors import UserFileNotFoundError, UserValueError
+from pointrend_sem.errors import UserValueError
 from pointrend_sem.export.module import (
     FORMATS,
     agreement,
@@ -49,6 +48,7 @@ from pointrend_sem.export.module import (
     random_image,
 )
 from pointrend_sem.export.runner import ExportedPredictor, load_graph
+from pointrend_sem.image_inputs import expand_image_inputs
 
 # the check before success: same class on at least this fraction of pixels, scores within this
 # fraction of their largest magnitude
@@ -75,8 +75,8 @@ def get_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="GLOB",
-        help="also compare with PyTorch on these images, through the runner (a file or a quoted "
-        "glob; repeat the option for more)",
+        help="also compare with PyTorch on these images, through the runner (a file, a folder or "
+        "a quoted glob; repeat the option for more)",
     )
     parser.add_argument(
         "opts",
@@ -125,21 +125,6 @@ def check_exported(
     return result
 
 
-def image_files(patterns: Sequence[str]) -> List[str]:
-    """The files named by ``patterns`` (files or globs), sorted, each once.
-
-    Raises:
-        UserFileNotFoundError: a pattern names no file.
-    """
-    files = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern)))
-        if not matches:
-            raise UserFileNotFoundError(f"--check-images {pattern}: no such file.")
-        files += [f for f in matches if f not in files]
-    return files
-
-
 def check_on_images(model, path: str, files: Sequence[str]) -> float:
     """The fraction of the pixels of ``files`` where the exported ``path``, run by
     :class:`~pointrend_sem.export.runner.ExportedPredictor`, predicts the class that the PyTorch
@@ -180,7 +165,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         raise UserValueError(f"--height and --width must be >= 1, got {args.height}x{args.width}.")
     if args.format == "aoti" and not args.output.endswith(".pt2"):
         raise UserValueError(f"An AOTInductor package is a .pt2 file; got --output {args.output}.")
-    files = image_files(args.check_images)
+    files = expand_image_inputs(args.check_images, "--check-images") if args.check_images else []
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     start = time.perf_counter()
