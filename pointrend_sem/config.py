@@ -31,6 +31,11 @@ def add_pointrend_sem_config(cfg: CN) -> None:
     # In inference, fold frozen / eval-mode batch norms into the preceding convolutions (one
     # pass less over each feature map); parameters and checkpoints are unchanged.
     cfg.MODEL.FOLD_NORMS = True
+    # On a CPU (MODEL.DEVICE "cpu") under glibc, keep the memory of freed tensors in the process
+    # for the next pass instead of returning it to the system: each 1024 x 2048 pass otherwise
+    # faults in about 3 GB of fresh pages. The process keeps its peak memory; process-wide
+    # (pointrend_sem/cpu_memory.py).
+    cfg.MODEL.KEEP_FREED_MEMORY = True
 
     # The FCN coarse head (FCNCoarseHead, mmsegmentation's FCNHead) on the one map of
     # MODEL.SEM_SEG_HEAD.IN_FEATURES: FCN_NUM_CONVS 3x3 convs of CONVS_DIM channels; with

@@ -15,6 +15,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.colormap import colormap
 
 from .checkpoint import PointRendSemCheckpointer
+from .cpu_memory import apply_memory_setting
 from .data import build_test_augmentations
 from .modeling.binary import num_output_channels
 
@@ -40,7 +41,9 @@ class SemSegPredictor:
     prediction is the model's :meth:`~pointrend_sem.modeling.PointRendSemanticSegmentor.predict`.
 
     ``MODEL.WEIGHTS`` may be a file or URL of a published checkpoint of mmsegmentation,
-    sssegmentation or detectron2, loaded as it is (:class:`PointRendSemCheckpointer`).
+    sssegmentation or detectron2, loaded as it is (:class:`PointRendSemCheckpointer`). On a
+    CPU, ``MODEL.KEEP_FREED_MEMORY`` takes effect when the predictor is made
+    (:mod:`pointrend_sem.cpu_memory`).
     """
 
     def __init__(self, cfg):
@@ -49,6 +52,7 @@ class SemSegPredictor:
             cfg = cfg.clone()
             cfg.defrost()
             cfg.MODEL.DEVICE = "cpu"
+        apply_memory_setting(cfg)
         self.model = build_model(cfg)
         self.model.eval()
         PointRendSemCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)

@@ -88,6 +88,9 @@ def test_compare_with_detectron2_same_weights_same_prediction(tmp_path):
 
     assert results["reference"] == "detectron2" and results["opts"] == "MODEL.RESNETS.DEPTH 50"
     assert results["agreement"] == 1.0
+    # ours runs as our commands set it up, detectron2 with glibc's defaults (--reference-memory)
+    assert results["memory_reuse"].startswith("freed memory kept for reuse")
+    assert results["reference_memory_reuse"].startswith("glibc defaults")
     assert len(results["reference_latency_runs_ms"]) == 1
     ratio = results["latency_median_ms"] / results["reference_latency_median_ms"]
     assert results["time_ratio"] == pytest.approx(ratio)
@@ -100,10 +103,12 @@ def test_compare_with_mmseg_same_weights_same_prediction(tmp_path):
     pytest.importorskip("mmseg", reason="mmsegmentation is not installed")
     opts = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
     opts += ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]
-    flags = ["--compare", "mmseg", "--runs", "1", "--warmup", "0", *opts]
-    results, stdout = run_benchmark(tmp_path, "cityscapes_r50.yaml", 64, 128, *flags)
+    flags = ["--compare", "mmseg", "--runs", "1", "--warmup", "0", "--reference-memory", "kept"]
+    results, stdout = run_benchmark(tmp_path, "cityscapes_r50.yaml", 64, 128, *flags, *opts)
 
     assert results["reference"] == "mmseg" and results["agreement"] == 1.0
+    assert results["reference_memory_reuse"] == results["memory_reuse"]
+    assert results["memory_reuse"].startswith("freed memory kept for reuse")
     assert table_rows(stdout)["pixels with the same class as the reference"] == "1.000000"
 
 

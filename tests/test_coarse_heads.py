@@ -201,3 +201,43 @@ class HeadWithExtraClass(_Res5Head):
 @SEM_SEG_HEADS_REGISTRY.register()
 class HeadWithoutPredictor(_Res5Head):
     common_stride = 16
+
+
+@pytest.mark.parametrize("name", ["SemSegFPNHead", "SizeMatchedSemSegFPNHead"])
+def test_semantic_fpn_branches_share_one_upsample_with_the_same_logits(name):
+    """detectron2's Semantic FPN head sums its three coarser branches before their common final
+    2x upsample (bilinear is linear): one upsample runs instead of three, and the logits equal
+    detectron2's own ``layers`` up to float rounding."""
+    from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+
+    from pointrend_sem.modeling.coarse_head import SharedUpsampleSemSegFPNHead
+
+    opts = [*TINY_MODEL, "MODEL.POINTREND_SEM.COARSE_HEAD_NAME", name]
+    model = build_model(load_config("demo_synthetic.yaml", opts)).eval()
+    head = model.sem_seg_head.coarse_sem_seg_head
+    if name == "SemSegFPNHead":
+        assert type(head) is SharedUpsampleSemSegFPNHead
+    generator = torch.Generator().manual_seed(0)
+    shapes = model.backbone.output_shape()
+    features = {
+        f: torch.randn(2, shapes[f].channels, 128 // shapes[f].stride, 96 // shapes[f].stride,
+                       generator=generator)
+        for f in head.in_features
+    }  # fmt: skip
+    upsamples = [m for m in head.modules() if isinstance(m, nn.Upsample)]
+    final_upsamples = [scale_head[-1] for scale_head in head.scale_heads[1:]]
+    calls = []
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(m)) for m in upsamples]
+    with torch.no_grad():
+        shared = head.layers(features)
+        shared_calls = list(calls)
+        calls.clear()
+        own = SemSegFPNHead.layers(head, features)
+    for hook in hooks:
+        hook.remove()
+    assert len(final_upsamples) == 3
+    assert sum(c in final_upsamples for c in shared_calls) == 1
+    assert sum(c in final_upsamples for c in calls) == 3
+    assert len(shared_calls) == len(calls) - 2
+    assert shared.shape == own.shape == (2, head.predictor.out_channels, 32, 24)
+    assert torch.allclose(shared, own, rtol=0, atol=1e-5 * own.abs().max().item())

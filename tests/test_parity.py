@@ -29,9 +29,11 @@ pytest.importorskip("mmseg", reason="mmsegmentation is not installed")
 
 
 def assert_same_predictions(ours: torch.Tensor, reference: torch.Tensor) -> None:
+    """The same classes, and logits equal up to float rounding: within 1e-5 of their magnitude
+    (1e-4 at least). Sums run in another order (the Semantic FPN head's shared upsample)."""
     assert ours.shape == reference.shape
     assert torch.equal(ours.argmax(0), reference.argmax(0))
-    assert (ours - reference).abs().max() <= 1e-4
+    assert (ours - reference).abs().max() <= 1e-5 * max(10.0, reference.abs().max().item())
 
 
 MMSEG_OPTS = ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]

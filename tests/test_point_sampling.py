@@ -6,6 +6,7 @@ from pointrend_sem.modeling import (
     sample_training_points,
     select_uncertain_grid_points,
 )
+from pointrend_sem.modeling.point_sampling import two_highest
 
 
 def vertical_boundary_logits(n=2, h=16, w=16, num_classes=3):
@@ -19,6 +20,18 @@ def vertical_boundary_logits(n=2, h=16, w=16, num_classes=3):
 def test_uncertainty_is_minus_top2_margin():
     logits = torch.tensor([[[3.0], [1.0], [-2.0]]])  # (1, 3, 1)
     assert calculate_uncertainty(logits).tolist() == [[[-2.0]]]
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 5, 7), (1, 19, 33, 65), (3, 7, 101)])
+def test_two_highest_equals_topk_ties_included(shape):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(-3, 4, shape, generator=generator).float()  # many ties
+    logits[0, :, 0] = 2.0  # all classes tied at one position
+    first, second = two_highest(logits)
+    expected = torch.topk(logits, k=2, dim=1).values
+    assert torch.equal(first, expected[:, 0]) and torch.equal(second, expected[:, 1])
+    assert torch.equal(calculate_uncertainty(logits), (expected[:, 1] - expected[:, 0])[:, None])
+    assert calculate_uncertainty(logits)[0, 0, 0].eq(0).all()
 
 
 def test_uncertainty_single_class_uses_distance_to_zero():

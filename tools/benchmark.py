@@ -14,7 +14,15 @@ times (the same image for every run):
 
 * inference latency: median, min and max of --runs forward passes (eval mode, no_grad) after
   --warmup untimed ones;
-* peak memory of a forward pass, the largest over the timed runs. CUDA:
+* host memory on CPU: ours runs as our commands set it up (``MODEL.KEEP_FREED_MEMORY``, on by
+  default: glibc keeps freed memory for the next pass, ``pointrend_sem/cpu_memory.py``); the
+  reference with glibc's large-allocation behaviour (blocks over 32 MiB mapped and unmapped at
+  every pass, as detectron2's and mmsegmentation's tools run), or like ours with
+  --reference-memory kept. Each timed pass follows an untimed pass of the same model in the
+  same setting, as any pass after the first in a real run; the minor page faults of the timed
+  passes are reported;
+* peak memory of a forward pass, the largest over the runs (on CPU, over the untimed passes,
+  which start from a trimmed heap). CUDA:
   ``torch.cuda.max_memory_allocated`` (absolute: weights and input included). CPU: the peak
   resident set size (``getrusage`` ``ru_maxrss``) minus the resident set size before the pass.
   Before each pass glibc's retained free memory is released (``malloc_trim``), so the pass's
@@ -60,6 +68,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from detectron2.modeling import build_model
 
+from pointrend_sem import cpu_memory
 from pointrend_sem.checkpoint import PointRendSemCheckpointer
 from pointrend_sem.engine import setup
 from pointrend_sem.errors import main_with_one_line_errors
@@ -126,6 +135,13 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pipeline-samples", type=int, default=8, help="synthetic samples timed by --pipeline"
     )
+    parser.add_argument(
+        "--reference-memory",
+        choices=("glibc", "kept"),
+        default="glibc",
+        help="on CPU, how the reference's passes allocate: glibc's defaults, as detectron2 and "
+        "mmsegmentation run (default), or keeping freed memory like ours (MODEL.KEEP_FREED_MEMORY)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the image and weights")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers to this file")
     parser.add_argument(
@@ -135,6 +151,15 @@ def get_parser() -> argparse.ArgumentParser:
         help="config overrides as KEY VALUE pairs, e.g. MODEL.RESNETS.DEPTH 50",
     )
     return parser
+
+
+def memory_reuse(keeps_freed_memory: bool, device: str) -> str:
+    """How a contender's passes allocate host memory, for the table."""
+    if device != "cpu":
+        return "n/a (not on CPU)"
+    if keeps_freed_memory:
+        return "freed memory kept for reuse (MODEL.KEEP_FREED_MEMORY)"
+    return "glibc defaults (large blocks mapped and unmapped each pass)"
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -155,11 +180,20 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     batch = inputs.detectron2_inputs(inputs.in_format(image_rgb, cfg.INPUT.FORMAT), args.batch_size)
     images = [x["image"] for x in batch]
     sizes = [(x["height"], x["width"]) for x in batch]
-    ours = measure.Contender("ours", lambda: model.predict(images, sizes), inputs.sem_seg_labels)
+    ours = measure.Contender(
+        "ours",
+        lambda: model.predict(images, sizes),
+        inputs.sem_seg_labels,
+        keeps_freed_memory=cpu_memory.apply_memory_setting(cfg),
+    )
+    results["memory_reuse"] = memory_reuse(ours.keeps_freed_memory, device)
     contenders = [ours]
     if args.compare:
-        contenders.append(references.build_reference(args.compare, cfg, model, image_rgb, args))
+        reference = references.build_reference(args.compare, cfg, model, image_rgb, args)
+        reference.keeps_freed_memory = args.reference_memory == "kept" and ours.keeps_freed_memory
+        contenders.append(reference)
         results["reference"] = args.compare
+        results["reference_memory_reuse"] = memory_reuse(reference.keeps_freed_memory, device)
     elif args.weights:
         PointRendSemCheckpointer(model).load(args.weights)
     if args.exported and not args.compare:

@@ -17,6 +17,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_pointrend_sem_config
+from ..cpu_memory import apply_memory_setting
 from ..errors import UserError, UserFileNotFoundError, UserKeyError, UserValueError
 
 
@@ -193,7 +194,8 @@ def setup(args, *, log: bool = True):
 
     Without CUDA, ``MODEL.DEVICE`` falls back to "cpu" so every command runs on a CPU-only
     machine with no extra flag. With ``log``, detectron2's ``default_setup`` prepares
-    OUTPUT_DIR, logging and seeding.
+    OUTPUT_DIR, logging and seeding. On a CPU, ``MODEL.KEEP_FREED_MEMORY`` takes effect here
+    (:mod:`pointrend_sem.cpu_memory`).
     """
     cfg = get_cfg()
     add_pointrend_sem_config(cfg)
@@ -224,4 +226,5 @@ def setup(args, *, log: bool = True):
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="pointrend_sem")
     for note in notes:
         logging.getLogger(__name__).info(note)
+    apply_memory_setting(cfg)
     return cfg

@@ -12,6 +12,8 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 from tqdm import tqdm
 
+from pointrend_sem.cpu_memory import keep_freed_memory, release_freed_memory
+
 CLEAR_REFS = "/proc/self/clear_refs"
 
 
@@ -93,11 +95,49 @@ def measure_call(fn: Callable[[], Any], device: str) -> Tuple[float, float, Any]
 @dataclass
 class Contender:
     """A model under test: ``forward()`` runs one pass on the benchmark batch; ``labels(output)``
-    turns its result into per-image (H, W) class ids."""
+    turns its result into per-image (H, W) class ids. ``keeps_freed_memory``: it runs with
+    glibc keeping freed memory for reuse (:mod:`pointrend_sem.cpu_memory`), otherwise with
+    glibc's own large-allocation behaviour."""
 
     name: str
     forward: Callable[[], Any]
     labels: Callable[[Any], List[torch.Tensor]]
+    keeps_freed_memory: bool = False
+
+
+def time_call(fn: Callable[[], Any], device: str) -> Tuple[float, Any]:
+    """Call ``fn`` once, without touching the allocator; returns (seconds, fn's result)."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far (pages mapped on first touch)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def measure_pass(contender: Contender, device: str) -> Tuple[float, float, int, Any]:
+    """One timed pass of ``contender`` in its allocator setting: (seconds, peak MiB, minor page
+    faults of the timed pass, result).
+
+    On CPU each contender runs twice in its own setting (freed memory kept, or glibc's
+    defaults): the first pass starts from a trimmed heap and gives the peak memory
+    (:func:`measure_call`); the second, timed, starts from the heap the first left, as every
+    pass after the first does in a real run. On CUDA one pass gives both."""
+    if device != "cpu":
+        seconds, peak, result = measure_call(contender.forward, device)
+        return seconds, peak, 0, result
+    if contender.keeps_freed_memory:
+        keep_freed_memory()
+    else:
+        release_freed_memory()
+    _, peak, _ = measure_call(contender.forward, device)
+    faults = minor_page_faults()
+    seconds, result = time_call(contender.forward, device)
+    return seconds, peak, minor_page_faults() - faults, result
 
 
 def time_alternating(
@@ -106,19 +146,23 @@ def time_alternating(
     """Run the contenders in turn, ``warmup + runs`` rounds, under no_grad.
 
     Returns:
-        per contender name: "seconds" and "peak_mib" of the timed rounds (lists), and "labels"
-        of the last round.
+        per contender name: "seconds", "peak_mib" and "page_faults" (minor, of the timed pass)
+        of the timed rounds (lists), and "labels" of the last round.
     """
-    records = {c.name: {"seconds": [], "peak_mib": [], "labels": None} for c in contenders}
+    records = {
+        c.name: {"seconds": [], "peak_mib": [], "page_faults": [], "labels": None}
+        for c in contenders
+    }
     with torch.no_grad():
         for round_index in tqdm(range(warmup + runs), desc="inference", file=sys.stderr):
             for contender in contenders:
-                seconds, peak, output = measure_call(contender.forward, device)
+                seconds, peak, faults, output = measure_pass(contender, device)
                 record = records[contender.name]
                 record["labels"] = contender.labels(output)
                 if round_index >= warmup:
                     record["seconds"].append(seconds)
                     record["peak_mib"].append(peak)
+                    record["page_faults"].append(faults)
     return records
 
 

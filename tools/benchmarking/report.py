@@ -1,5 +1,6 @@
 """The results' description of the run, the inference fields and the printed table."""
 
+import statistics
 import time
 from typing import Any, Callable, Dict, List, Tuple, Union
 
@@ -21,20 +22,24 @@ ROWS: List[Tuple[str, str, Union[str, Callable[[Dict[str, Any]], str]]]] = [
     ("batch_size", "batch size", "{}"),
     ("threads", "torch threads", "{}"),
     ("runs", "timed runs (+ warm-up)", lambda r: f"{r['runs']} (+ {r['warmup']})"),
+    ("memory_reuse", "host memory of ours", "{}"),
     ("latency_median_ms", "inference latency, median (ms)", "{:.1f}"),
     ("latency_min_ms", "inference latency, min (ms)", "{:.1f}"),
     ("latency_max_ms", "inference latency, max (ms)", "{:.1f}"),
     ("images_per_s", "inference throughput (images/s)", "{:.3f}"),
     ("peak_memory_mib", "peak memory (MiB)", "{:.0f}"),
     ("memory_method", "memory measured as", "{}"),
+    ("page_faults_per_pass", "minor page faults per timed pass, median", "{:.0f}"),
     ("point_head_ms", "point head, point_logits (ms)", "{:.1f}"),
     ("point_selection_ms", "point selection (ms)", "{:.1f}"),
     ("point_share", "point head + selection share of inference", "{:.1%}"),
     ("reference", "reference", "{}"),
+    ("reference_memory_reuse", "host memory of the reference", "{}"),
     ("reference_latency_median_ms", "reference latency, median (ms)", "{:.1f}"),
     ("reference_latency_min_ms", "reference latency, min (ms)", "{:.1f}"),
     ("reference_latency_max_ms", "reference latency, max (ms)", "{:.1f}"),
     ("reference_peak_memory_mib", "reference peak memory (MiB)", "{:.0f}"),
+    ("reference_page_faults_per_pass", "reference minor page faults per pass, median", "{:.0f}"),
     ("time_ratio", "time ratio ours / reference (medians)", "{:.3f}"),
     ("agreement", "pixels with the same class as the reference", "{:.6f}"),
     ("ceiling_fp32_matmul_gflops", "ceiling fp32, matmul (GFLOP/s)", "{:.0f}"),
@@ -106,10 +111,12 @@ def inference_fields(records: Dict[str, Dict[str, Any]], batch_size: int) -> Dic
     fields = latency_fields("", ours["seconds"])
     fields["images_per_s"] = batch_size * 1000.0 / fields["latency_median_ms"]
     fields["peak_memory_mib"] = max(ours["peak_mib"])
+    fields["page_faults_per_pass"] = statistics.median(ours["page_faults"])
     if "reference" in records:
         theirs = records["reference"]
         fields.update(latency_fields("reference_", theirs["seconds"]))
         fields["reference_peak_memory_mib"] = max(theirs["peak_mib"])
+        fields["reference_page_faults_per_pass"] = statistics.median(theirs["page_faults"])
         fields["time_ratio"] = fields["latency_median_ms"] / fields["reference_latency_median_ms"]
         fields["agreement"] = agreement(ours["labels"], theirs["labels"])
     return fields
