@@ -136,7 +136,33 @@ def test_weights_are_cast_once_and_recast_after_an_update():
         assert torch.equal(next(new_backbone.parameters()).float(), first.bfloat16().float())
         model.predict(images())
         model.precision = "fp32"
+        model.fold_norms = False
         assert model.inference_modules() == (model.backbone, None, None)
+
+
+def test_fp32_on_cpu_runs_a_fused_copy_only_without_autograd():
+    """fp32 inference on a CPU runs an fp32 copy, norms folded and ReLUs fused (same
+    predictions up to rounding); with autograd on, or MODEL.FOLD_NORMS off, the model itself."""
+    from pointrend_sem.modeling.onednn_fusion import fused_op_available
+
+    if not fused_op_available():
+        pytest.skip("this torch has no oneDNN fused convolution")
+    model = build(["MODEL.FOLD_NORMS", True])
+    with torch.no_grad():
+        backbone, head, dtype = model.inference_modules()
+        assert dtype is None and backbone is not model.backbone
+        assert all(p.dtype == torch.float32 for p in backbone.parameters())
+        assert any("ReLUFused" in type(m).__name__ for m in backbone.modules())
+        fused = model.predict(images())
+        model.fold_norms = False
+        assert model.inference_modules() == (model.backbone, None, None)
+        plain = model.predict(images())
+        model.fold_norms = True
+    with torch.enable_grad():
+        assert model.inference_modules() == (model.backbone, None, None)
+    for got, want in zip(fused, plain):
+        scale = want["sem_seg"].abs().max()
+        assert (got["sem_seg"] - want["sem_seg"]).abs().max() <= 1e-4 * scale
 
 
 def test_checkpoint_of_a_bf16_model_is_fp32(tmp_path):
@@ -222,14 +248,14 @@ def test_relu_fused_copy_computes_what_the_model_computes(stem):
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 1.5)
     x = torch.randn(1, 3, 64, 96).contiguous(memory_format=torch.channels_last)
-    fused = precision.ReducedPrecisionCopy(torch.float32, fuse_relu=True).get(model.backbone)
+    fused = precision.InferenceCopy(torch.float32, fuse_relu=True).get(model.backbone)
     replaced = {type(m).__name__ for m in fused.modules() if "ReLUFused" in type(m).__name__}
     if fused_op_available():
         stem_class = "ReLUFusedBasicStem" if stem == "basic" else "ReLUFusedDeepLabStem"
         assert {"ReLUFusedBottleneckBlock", stem_class} <= replaced
     assert fuse_relu_convs_(torch.nn.Linear(2, 2)) == 0
     head = model.sem_seg_head.coarse_sem_seg_head
-    fused_head = precision.ReducedPrecisionCopy(torch.float32, fuse_relu=True).get(head)
+    fused_head = precision.InferenceCopy(torch.float32, fuse_relu=True).get(head)
     with torch.no_grad():
         expected, got = model.backbone(x), fused(x)
         expected["logits"], got["logits"] = head.layers(expected), fused_head.layers(got)

@@ -18,7 +18,8 @@ from torch.nn import functional as F
 
 from .binary import as_two_channels
 from .conv_norm_folding import fold_norms_in_inference
-from .precision import PRECISIONS, ReducedPrecisionCopy, resolve_precision
+from .onednn_fusion import fused_op_available
+from .precision import PRECISIONS, InferenceCopy, resolve_precision
 from .subdivision_trace import SubdivisionTrace
 
 # TEST.OUTPUT_RESIZE values, see postprocess_logits
@@ -189,6 +190,7 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        self.fold_norms = fold_norms
         if fold_norms:
             fold_norms_in_inference(self)
         if precision not in PRECISIONS:
@@ -196,7 +198,7 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
                 f"TEST.PRECISION must be one of {list(PRECISIONS)}, got {precision!r}."
             )
         self.precision = precision
-        self._reduced_copies: Dict[str, ReducedPrecisionCopy] = {}
+        self._inference_copies: Dict[str, InferenceCopy] = {}
 
     @classmethod
     def from_config(cls, cfg):
@@ -390,20 +392,34 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         return outputs
 
     def inference_modules(self) -> Tuple[nn.Module, Optional[nn.Module], Optional[torch.dtype]]:
-        """(backbone, coarse head, dtype) that :meth:`predict` runs with ``TEST.PRECISION``:
-        the model's own backbone, None (the head's own coarse head) and None in fp32; cached
-        reduced-precision copies (:class:`.precision.ReducedPrecisionCopy`, rebuilt when a
-        parameter changes) and their dtype otherwise."""
+        """(backbone, coarse head, dtype) that :meth:`predict` runs with ``TEST.PRECISION``.
+
+        * bf16 / fp16: cached copies in that dtype (:class:`.precision.InferenceCopy`, rebuilt
+          when a parameter changes), and the dtype;
+        * fp32 on a CPU with oneDNN, norms folded (``MODEL.FOLD_NORMS``) and autograd off:
+          cached fp32 copies whose convolutions run fused with the ReLU or residual sum after
+          them (:mod:`.onednn_fusion`), and None;
+        * otherwise the model's own backbone, None (the head's own coarse head) and None.
+        """
         dtype = resolve_precision(self.precision, self.device)
-        if dtype is None:
+        copy_dtype = dtype
+        if (
+            dtype is None
+            and self.fold_norms
+            and self.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and fused_op_available()
+        ):
+            copy_dtype = torch.float32
+        if copy_dtype is None:
             return self.backbone, None, None
         coarse_head = getattr(self.sem_seg_head, "coarse_sem_seg_head", None)
         modules = {"backbone": self.backbone, "coarse_head": coarse_head}
         copies = {}
         for name, module in modules.items():
-            cached = self._reduced_copies.get(name)
-            if cached is None or cached.dtype != dtype:
-                cached = self._reduced_copies[name] = ReducedPrecisionCopy(dtype)
+            cached = self._inference_copies.get(name)
+            if cached is None or cached.dtype != copy_dtype:
+                cached = self._inference_copies[name] = InferenceCopy(copy_dtype)
             copies[name] = None if module is None else cached.get(module)
         return copies["backbone"], copies["coarse_head"], dtype
 

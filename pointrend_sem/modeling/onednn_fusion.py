@@ -8,7 +8,7 @@ R-50 PointRend at 1024 x 2048 in bf16 the ReLUs and sums took about 17 % of the 
 applies them to the convolution's accumulators before it writes its output ("post-ops"). torch
 reaches that through ``torch.ops.mkldnn._convolution_pointwise`` (what TorchInductor emits for
 CPU; private, with no public equivalent), used only here, only on modules made for inference
-(:class:`.precision.ReducedPrecisionCopy`): the model itself, its state dict and training never
+(:class:`.precision.InferenceCopy`): the model itself, its state dict and training never
 see it. Where the operator is missing or refuses an input, the modules fall back to the unfused
 computation.
 

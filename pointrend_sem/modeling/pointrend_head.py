@@ -312,7 +312,10 @@ class PointRendSemHead(nn.Module):
             coarse_logits = self.coarse_sem_seg_head.layers(features)
         else:
             coarse_logits = coarse_head.layers(features).float()
-        logits = coarse_logits
+        # classes-first (NCHW) layout whatever the features': the x2 upsampling and the per-class
+        # passes of the uncertainty run faster over whole class planes than over channels-last
+        # pixels of C values (132 against 162 ms, 50 against 355 ms at 19 x 1024 x 2048)
+        logits = coarse_logits.contiguous()
         if not self.points_off_padding:
             valid_fraction = None
         for _ in range(self.subdivision_steps):

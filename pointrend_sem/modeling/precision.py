@@ -5,7 +5,7 @@ Shape shorthand in this module: N: images, C_f x H_f x W_f: one backbone feature
 
 What runs in which precision, and why (``PointRendSemanticSegmentor.predict``):
 
-* backbone and coarse head: reduced precision, on a cached copy (:class:`ReducedPrecisionCopy`)
+* backbone and coarse head: reduced precision, on a cached copy (:class:`InferenceCopy`)
   whose batch norms are folded into the convolutions in fp32 before the cast. These hold nearly
   all the FLOPs, and bf16 matrix units (AMX, tensor cores) run them several times faster;
 * coarse logits: cast to fp32 as they leave the coarse head, so that the subdivision's bilinear
@@ -18,6 +18,10 @@ What runs in which precision, and why (``PointRendSemanticSegmentor.predict``):
 The fp32 parameters, the state dict and checkpoints are left as they are: training, a
 checkpoint load or ``model.to(device)`` after an inference makes the cached copy stale, and the
 next inference rebuilds it.
+
+fp32 on a CPU runs such a copy too, in fp32 (``inference_modules`` of the meta-architecture):
+its folded convolutions run fused with the ReLU or residual sum after them
+(:mod:`.onednn_fusion`), which saves a pass over every feature map they write.
 """
 
 import copy
@@ -113,9 +117,10 @@ def _fold_norms_(module: nn.Module) -> None:
         conv.__class__ = Conv2d
 
 
-class ReducedPrecisionCopy:
-    """An eval-mode copy of a module for inference in a reduced dtype, with its batch norms
-    folded (in fp32, then cast), rebuilt whenever a parameter or buffer of the original changes.
+class InferenceCopy:
+    """An eval-mode copy of a module for inference in a reduced dtype (or fp32), with its batch
+    norms folded (in fp32, then cast) and its convolutions fused with the ReLUs after them,
+    rebuilt whenever a parameter or buffer of the original changes.
 
     Floating-point parameters and buffers are cast once per rebuild, not per call as
     ``torch.autocast`` does. The copy is not a submodule of anything: state dicts, checkpoints,
@@ -156,7 +161,7 @@ class ReducedPrecisionCopy:
 
     def __deepcopy__(self, memo):
         # a copied model rebuilds its own copy on first use
-        return ReducedPrecisionCopy(self.dtype, self.fuse_relu)
+        return InferenceCopy(self.dtype, self.fuse_relu)
 
 
 def point_sample_as_float(
