@@ -12,12 +12,11 @@ at its maximum), freed feature maps stay mapped and the next pass reuses them wi
 The cost: the process keeps its peak resident memory after a pass instead of shrinking (what a
 serving or evaluation process does anyway); with images of varying sizes the heap fragments
 more (R-50, 24 random sizes up to 900 x 1200: 2.47 GB resident against glibc's 1.99 GB); and
-the setting is process-wide (it also holds for
-data loader workers forked afterwards). It reaches the allocations of the main arena, the main
-thread's, where our commands run the model; glibc still maps large blocks afresh for a thread
-attached to another arena. Only glibc (Linux) has ``mallopt``; elsewhere nothing
-changes. Intel's PyTorch CPU tuning guide recommends jemalloc or tcmalloc for the same reason;
-this needs no preloaded library.
+the setting is process-wide (it also holds for data loader workers forked afterwards). It
+reaches the allocations of the main arena, the main thread's, where our commands run the model;
+glibc still maps large blocks afresh for a thread attached to another arena. Only glibc (Linux)
+has ``mallopt``; elsewhere nothing changes. Intel's PyTorch CPU tuning guide recommends jemalloc
+or tcmalloc for the same reason; this needs no preloaded library.
 """
 
 import ctypes
