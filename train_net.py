@@ -8,6 +8,7 @@ python train_net.py --config-file configs/cityscapes_r50.yaml --eval-only MODEL.
 
 import os
 
+import pointrend_sem  # noqa: F401  # isort: skip  (first: detectron2 imported quietly)
 from detectron2.engine import default_argument_parser, hooks, launch
 
 from pointrend_sem.checkpoint import PointRendSemCheckpointer
@@ -35,7 +36,7 @@ def main(args):
         check_weights_file(cfg.MODEL.WEIGHTS)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        checkpointer = PointRendSemCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer = PointRendSemCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict_fit=True)
         with explain_unreadable_checkpoint(
             *checkpoint_to_read(checkpointer, cfg.MODEL.WEIGHTS, args.resume)
         ):

@@ -18,6 +18,7 @@ import argparse
 import os
 from typing import List, Optional
 
+import pointrend_sem  # noqa: F401  # isort: skip  (first: detectron2 imported quietly)
 import cv2
 import tqdm
 from detectron2.data.detection_utils import read_image

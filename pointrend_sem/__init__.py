@@ -21,9 +21,14 @@ else:
     _MISSING_DETECTRON2 = False
 
 if not _MISSING_DETECTRON2:
-    from . import data  # noqa: F401  (registers datasets)
-    from . import modeling  # noqa: F401  (registers model parts)
-    from .config import add_pointrend_sem_config
+    from .console import known_import_warnings_silenced
+
+    # the first import of detectron2's modules (and fvcore's) happens here, without the
+    # deprecation warnings they raise at import (pointrend_sem.console)
+    with known_import_warnings_silenced():
+        from . import data  # noqa: F401  (registers datasets)
+        from . import modeling  # noqa: F401  (registers model parts)
+        from .config import add_pointrend_sem_config
 
     __all__ = ["add_pointrend_sem_config", "UserError", "main_with_one_line_errors"]
 else:

@@ -13,6 +13,15 @@ its contents, not its name (:func:`pointrend_sem.convert.published.recognize_che
   loaded; sssegmentation's point-head BNs are folded when that model's point head has no norms),
   and the conversion is cached.
 
+Whether the checkpoint fits the model is judged in one place, the checkpointer's
+``_load_model`` (fvcore's override point), from the keys detectron2 could not load: entries of the
+model's ``state_dict`` that the checkpoint holds with another shape, or lacks (BatchNorm's
+``num_batches_tracked`` and detectron2's ``pixel_mean`` / ``pixel_std`` apart, which need no
+checkpoint). With ``strict_fit=True`` (evaluation and prediction) the first one stops the load with
+a :class:`~pointrend_sem.errors.UserValueError`: the model would run with random values there.
+Without it (training, fine-tuning) they start from scratch, named in one info line. Keys of the
+checkpoint that the model lacks are only warned about, as detectron2 does.
+
 The cache: ``$POINTREND_SEM_CACHE`` (default ``~/.cache/pointrend_sem``) ``/converted/
 <file name>-<key>.pth``, the key a hash of the source file's absolute path, size and modification
 time (and of whether the norms were folded), so that a file changed in place is converted anew.
@@ -24,14 +33,16 @@ import hashlib
 import logging
 import os
 import zipfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import _filter_reused_missing_keys, _IncompatibleKeys
+from torch import nn
 
-from .convert.placement import ConversionError
+from .convert.placement import BN_COUNTER, ConversionError
 from .convert.published import (
     DESCRIPTIONS,
     check_converted,
@@ -96,24 +107,125 @@ def _write_cache(path: str, entry: Dict[str, Any]) -> None:
             os.remove(tmp)
 
 
+def _class_counts(incorrect_shapes: Sequence[Tuple[str, Tuple, Tuple]]) -> Optional[Tuple]:
+    """(checkpoint's, model's) number of classes when the class dimension (the output, dim 0) of
+    a classifier (a module named ``predictor``: the coarse head's, the point head's) differs in
+    ``incorrect_shapes`` ((key, shape in the checkpoint, shape in the model) each); else None."""
+    for key, shape_checkpoint, shape_model in incorrect_shapes:
+        module = key.rsplit(".", 1)[0]
+        if module.rsplit(".", 1)[-1] == "predictor" and shape_checkpoint[:1] != shape_model[:1]:
+            return shape_checkpoint[0], shape_model[0]
+    return None
+
+
 class PointRendSemCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` that also loads published checkpoints of mmsegmentation,
     sssegmentation and ImageNet ResNets (mmcv, torchvision) as they are, converting them on load
-    (see the module's doc). Same arguments as ``DetectionCheckpointer``."""
+    (see the module's doc). Same arguments as ``DetectionCheckpointer``, and:
+
+    Args:
+        strict_fit: for evaluation and prediction: a checkpoint that does not fit the model (an
+            entry of another shape, or missing) stops the load with a ``UserValueError`` naming
+            the entry, the shapes, the file and the fix. False (training, fine-tuning): such
+            entries start from scratch, named in one info line. ``load("")`` loads nothing
+            either way (random initialization).
+    """
+
+    def __init__(self, model: nn.Module, *args, strict_fit: bool = False, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self.strict_fit = strict_fit
+        self._loading: str = ""
 
     @classmethod
     def from_checkpointer(cls, other: DetectionCheckpointer) -> "PointRendSemCheckpointer":
-        """A checkpointer of this class with the model, folder, ``save_to_disk`` and
-        checkpointables (optimizer, scheduler, trainer, ...) of ``other``."""
+        """A checkpointer of this class with the model, folder, ``save_to_disk``, checkpointables
+        (optimizer, scheduler, trainer, ...) and ``strict_fit`` (if any) of ``other``."""
         return cls(
-            other.model, other.save_dir, save_to_disk=other.save_to_disk, **other.checkpointables
+            other.model,
+            other.save_dir,
+            save_to_disk=other.save_to_disk,
+            strict_fit=getattr(other, "strict_fit", False),
+            **other.checkpointables,
         )
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
-        """As ``DetectionCheckpointer.load``; a ``file://`` URL names the local file."""
+        """As ``DetectionCheckpointer.load``; a ``file://`` URL names the local file.
+
+        Raises:
+            UserValueError: with ``strict_fit``, a checkpoint that does not fit the model
+                (:meth:`_load_model`).
+        """
         if path and path.startswith(FILE_URL):
             path = url2pathname(urlparse(path).path)
-        return super().load(path, *args, **kwargs)
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = ""
+
+    def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
+        """As ``DetectionCheckpointer._load_model``; then the model's entries left as they were
+        (another shape in the checkpoint, or absent from it) stop the load with ``strict_fit``,
+        else are logged as starting from scratch. Returns detectron2's incompatible keys, which
+        it then logs as warnings (unexpected keys of the checkpoint included).
+
+        Raises:
+            UserValueError: with ``strict_fit``, naming the first entry that did not load.
+        """
+        incompatible = super()._load_model(checkpoint)
+        other_shape = incompatible.incorrect_shapes
+        skipped = {key for key, _, _ in other_shape}
+        # a skipped entry is missing to load_state_dict too; a parameter shared under several
+        # names is missing under one only (fvcore's filter, as its warning applies it; it returns
+        # a set's order, the model's order is kept here)
+        not_shared = set(_filter_reused_missing_keys(self.model, incompatible.missing_keys))
+        missing = [
+            key
+            for key in incompatible.missing_keys
+            if key in not_shared and key not in skipped and not key.endswith(BN_COUNTER)
+        ]
+        if not (other_shape or missing):
+            return incompatible
+        if self.strict_fit:
+            raise self._fit_error(other_shape, missing)
+        names = [key for key, _, _ in other_shape] + missing
+        first = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        logger.info(
+            f"{len(names)} parameters and buffers of the model start from scratch, not from "
+            f"{self._loading or 'the checkpoint'} ({len(other_shape)} of another shape there, "
+            f"{len(missing)} absent): {first}"
+        )
+        return incompatible
+
+    def _fit_error(
+        self, other_shape: Sequence[Tuple[str, Tuple, Tuple]], missing: List[str]
+    ) -> UserValueError:
+        """The error of a checkpoint that does not fit the model: the first entry of another
+        shape (both shapes, and the fix: ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` when a classifier's
+        class dimension differs, else the matching config), else the first missing one."""
+        path = self._loading or "the checkpoint"
+        if other_shape:
+            key, shape_checkpoint, shape_model = other_shape[0]
+            more = f" ({len(other_shape) - 1} more differ in shape)" if len(other_shape) > 1 else ""
+            classes = _class_counts(other_shape)
+            if classes:
+                fix = (
+                    f"It predicts {classes[0]} classes and the config {classes[1]}: set "
+                    f"MODEL.SEM_SEG_HEAD.NUM_CLASSES {classes[0]}, or use the config it was "
+                    "trained with."
+                )
+            else:
+                fix = "Use the config that matches the checkpoint (the one it was trained with)."
+            return UserValueError(
+                f"The checkpoint {path} does not fit the model of the config: its {key} is "
+                f"{shape_checkpoint}, the model's {shape_model}{more}. {fix}"
+            )
+        return UserValueError(
+            f"The checkpoint {path} lacks {len(missing)} of the model's parameters and buffers "
+            f"(the first: {missing[0]}), which would stay random. To evaluate or predict, give "
+            "the checkpoint of a whole trained model of this config (a backbone-only one, like "
+            "ImageNet weights, starts a training), or use the config that matches the checkpoint."
+        )
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         """The checkpoint in ``filename`` as detectron2 loads it, or, for a published checkpoint

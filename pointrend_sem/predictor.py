@@ -41,8 +41,10 @@ class SemSegPredictor:
     prediction is the model's :meth:`~pointrend_sem.modeling.PointRendSemanticSegmentor.predict`.
 
     ``MODEL.WEIGHTS`` may be a file or URL of a published checkpoint of mmsegmentation,
-    sssegmentation or detectron2, loaded as it is (:class:`PointRendSemCheckpointer`). On a
-    CPU, ``MODEL.KEEP_FREED_MEMORY`` takes effect when the predictor is made
+    sssegmentation or detectron2, loaded as it is (:class:`PointRendSemCheckpointer`); one that
+    does not fit the model (an entry of another shape, or missing) raises a ``UserValueError``
+    naming it and the fix (``strict_fit``); ``MODEL.WEIGHTS ""`` keeps the random
+    initialization. On a CPU, ``MODEL.KEEP_FREED_MEMORY`` takes effect when the predictor is made
     (:mod:`pointrend_sem.cpu_memory`).
     """
 
@@ -55,7 +57,7 @@ class SemSegPredictor:
         apply_memory_setting(cfg)
         self.model = build_model(cfg)
         self.model.eval()
-        PointRendSemCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        PointRendSemCheckpointer(self.model, strict_fit=True).load(cfg.MODEL.WEIGHTS)
         self.augmentations = T.AugmentationList(build_test_augmentations(cfg))
         self.input_format = cfg.INPUT.FORMAT
 

@@ -33,28 +33,63 @@ COMMAND_TIMEOUT_S = 420
 # stderr at start-up, as a library that logs more would: the tests must still pass (no child may
 # block writing into a pipe that nobody reads).
 CHILD_NOISE_ENV = "POINTREND_SEM_TEST_CHILD_NOISE_KB"
+# Set to 0 to run the suite as on a PyTorch without oneDNN: torch.backends.mkldnn.enabled is
+# False in every test process and in every Python process a test starts (README, "Tests").
+ONEDNN_ENV = "POINTREND_SEM_TEST_ONEDNN"
+
+
+def onednn_switched_off(env=None) -> bool:
+    """Whether ``ONEDNN_ENV`` (in ``env``, default this process's environment) turns oneDNN
+    off for the tests."""
+    return (os.environ if env is None else env).get(ONEDNN_ENV, "1").strip() == "0"
+
+
+if onednn_switched_off():
+    torch.backends.mkldnn.enabled = False
 
 
 def child_env(env=None) -> dict:
     """``env`` (default: this process's environment) for a child process, with the start-up noise
-    of ``CHILD_NOISE_ENV`` when it is set."""
+    of ``CHILD_NOISE_ENV`` and the oneDNN switch of ``ONEDNN_ENV`` when they are set (through a
+    ``sitecustomize`` module that every child Python runs first)."""
     env = dict(os.environ if env is None else env)
     noise_kb = int(env.get(CHILD_NOISE_ENV, "0") or 0)
+    onednn_off = onednn_switched_off(env)
+    if noise_kb <= 0 and not onednn_off:
+        return env
+    code = ""
     if noise_kb > 0:
-        folder = os.path.join(tempfile.gettempdir(), f"pointrend_sem_child_noise_{noise_kb}kb")
-        os.makedirs(folder, exist_ok=True)
         line = "noise: a library logging at start-up " + "." * 60
-        with open(os.path.join(folder, "sitecustomize.py"), "w") as f:
-            f.write(textwrap.dedent(f"""\
-                    import sys
-                    _lines = ({line!r} + chr(10)) * ({noise_kb} * 1024 // {len(line) + 1} + 1)
-                    sys.stdout.write(_lines)
-                    sys.stdout.flush()
-                    sys.stderr.write(_lines)
-                    sys.stderr.flush()
-                    """))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [folder, env.get("PYTHONPATH")]))
+        code += textwrap.dedent(f"""\
+            import sys
+            _lines = ({line!r} + chr(10)) * ({noise_kb} * 1024 // {len(line) + 1} + 1)
+            sys.stdout.write(_lines)
+            sys.stdout.flush()
+            sys.stderr.write(_lines)
+            sys.stderr.flush()
+            """)
+    if onednn_off:
+        code += "import torch\ntorch.backends.mkldnn.enabled = False\n"
+    name = f"pointrend_sem_child_{noise_kb}kb_onednn{'off' if onednn_off else 'on'}"
+    folder = os.path.join(tempfile.gettempdir(), name)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "sitecustomize.py")
+    with open(f"{path}.{os.getpid()}", "w") as f:  # whole, also with two workers writing it
+        f.write(code)
+    os.replace(f"{path}.{os.getpid()}", path)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [folder, env.get("PYTHONPATH")]))
     return env
+
+
+def needs_precision(name: str):
+    """A mark that skips a test of ``name`` ("bf16", "fp16") on a CPU that cannot run it, with
+    what the CPU lacks as the reason. What a user of such a CPU gets instead (one line) is
+    tested in test_capabilities.py."""
+    from pointrend_sem.capabilities import precision_support
+    from pointrend_sem.modeling.precision import PRECISIONS
+
+    support = precision_support(PRECISIONS[name], "cpu")
+    return pytest.mark.skipif(not support.runs, reason=f"{name} cannot run here: {support.detail}")
 
 
 def run_command(cmd, *, env=None, check=False, timeout=COMMAND_TIMEOUT_S, cwd=REPO_ROOT):

@@ -9,13 +9,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, load_config, run_script
+from conftest import REPO_ROOT, load_config, needs_precision, run_script
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.projects.point_rend.point_features import point_sample
 from detectron2.utils.events import EventStorage
 
+from pointrend_sem import capabilities
 from pointrend_sem.data.datasets.synthetic import render_sample
+from pointrend_sem.errors import UserValueError
 from pointrend_sem.modeling import precision
 from pointrend_sem.predictor import SemSegPredictor
 from pointrend_sem.test_time_augmentation import SemanticSegmentorWithTTA
@@ -39,9 +41,14 @@ def fp32_state(model):
 
 def test_resolve_precision():
     assert precision.resolve_precision("fp32", "cpu") is None
-    assert precision.resolve_precision("bf16", "cpu") is torch.bfloat16
-    assert precision.resolve_precision("fp16", "cuda") is torch.float16
-    expected = torch.bfloat16 if precision.cpu_has_amx() else None
+    for name in ("bf16", "fp16"):
+        if capabilities.precision_support(precision.PRECISIONS[name], "cpu").runs:
+            assert precision.resolve_precision(name, "cpu") is precision.PRECISIONS[name]
+        else:
+            with pytest.raises(UserValueError, match=f"TEST.PRECISION {name} cannot run"):
+                precision.resolve_precision(name, "cpu")
+    native_bf16 = capabilities.precision_support(torch.bfloat16, "cpu").native
+    expected = torch.bfloat16 if native_bf16 else None
     assert precision.resolve_precision("auto", "cpu") is expected
     with pytest.raises(ValueError, match="TEST.PRECISION"):
         precision.resolve_precision("int8", "cpu")
@@ -72,7 +79,9 @@ def test_point_sample_as_float_matches_point_sample():
     )
 
 
-@pytest.mark.parametrize("name", ["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=needs_precision(n)) for n in ("bf16", "fp16")]
+)
 @pytest.mark.parametrize(
     "opts",
     [
@@ -106,6 +115,7 @@ def test_reduced_precision_predict_and_forward(name, opts):
         assert value.dtype == state[key].dtype and torch.equal(value, state[key]), key
 
 
+@needs_precision("bf16")
 def test_weights_are_cast_once_and_recast_after_an_update():
     model = build(["TEST.PRECISION", "bf16"])
     with torch.no_grad():
@@ -143,10 +153,8 @@ def test_weights_are_cast_once_and_recast_after_an_update():
 def test_fp32_on_cpu_runs_a_fused_copy_only_without_autograd():
     """fp32 inference on a CPU runs an fp32 copy, norms folded and ReLUs fused (same
     predictions up to rounding); with autograd on, or MODEL.FOLD_NORMS off, the model itself."""
-    from pointrend_sem.modeling.onednn_fusion import fused_op_available
-
-    if not fused_op_available():
-        pytest.skip("this torch has no oneDNN fused convolution")
+    if not capabilities.fused_conv_runs(torch.float32):
+        pytest.skip("oneDNN's fused convolution does not run here (fp32 then runs the model)")
     model = build(["MODEL.FOLD_NORMS", True])
     with torch.no_grad():
         backbone, head, dtype = model.inference_modules()
@@ -165,6 +173,7 @@ def test_fp32_on_cpu_runs_a_fused_copy_only_without_autograd():
         assert (got["sem_seg"] - want["sem_seg"]).abs().max() <= 1e-4 * scale
 
 
+@needs_precision("bf16")
 def test_checkpoint_of_a_bf16_model_is_fp32(tmp_path):
     model = build(["TEST.PRECISION", "bf16"])
     with torch.no_grad():
@@ -175,6 +184,7 @@ def test_checkpoint_of_a_bf16_model_is_fp32(tmp_path):
     assert {v.dtype for v in saved.values() if v.is_floating_point()} == {torch.float32}
 
 
+@needs_precision("bf16")
 def test_tta_in_bf16():
     cfg = load_config("demo_synthetic.yaml", ["TEST.PRECISION", "bf16"])
     torch.manual_seed(0)
@@ -188,6 +198,7 @@ def test_tta_in_bf16():
     assert torch.isfinite(output["sem_seg"]).all()
 
 
+@needs_precision("bf16")
 def test_predictor_in_bf16():
     cfg = load_config("demo_synthetic.yaml", ["MODEL.WEIGHTS", "", "TEST.PRECISION", "bf16"])
     predictor = SemSegPredictor(cfg)
@@ -196,6 +207,7 @@ def test_predictor_in_bf16():
     assert output["sem_seg"].shape[-2:] == (70, 90) and output["sem_seg"].dtype == torch.float32
 
 
+@needs_precision("bf16")
 def test_demo_in_bf16(tmp_path):
     torch.manual_seed(0)
     model = build_model(load_config())
@@ -213,6 +225,7 @@ def test_demo_in_bf16(tmp_path):
     assert os.listdir(tmp_path / "out") == ["a.png"]
 
 
+@needs_precision("bf16")
 def test_amp_training_on_cpu_runs_bf16_autocast(tmp_path):
     from pointrend_sem.engine import Trainer
     from pointrend_sem.engine.amp import CPUAMPTrainer
@@ -237,7 +250,7 @@ def test_amp_training_on_cpu_runs_bf16_autocast(tmp_path):
 def test_relu_fused_copy_computes_what_the_model_computes(stem):
     """An fp32 inference copy with every ReLU (and residual sum) fused into its convolution
     (oneDNN post-ops) gives the backbone's and coarse head's outputs of the model itself."""
-    from pointrend_sem.modeling.onednn_fusion import fuse_relu_convs_, fused_op_available
+    from pointrend_sem.modeling.onednn_fusion import fuse_relu_convs_
 
     opts = ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]
     opts += ["MODEL.RESNETS.STEM_TYPE", stem, "MODEL.RESNETS.DEPTH", "50", "MODEL.WEIGHTS", ""]
@@ -250,7 +263,7 @@ def test_relu_fused_copy_computes_what_the_model_computes(stem):
     x = torch.randn(1, 3, 64, 96).contiguous(memory_format=torch.channels_last)
     fused = precision.InferenceCopy(torch.float32, fuse_relu=True).get(model.backbone)
     replaced = {type(m).__name__ for m in fused.modules() if "ReLUFused" in type(m).__name__}
-    if fused_op_available():
+    if capabilities.fused_conv_runs(torch.float32):
         stem_class = "ReLUFusedBasicStem" if stem == "basic" else "ReLUFusedDeepLabStem"
         assert {"ReLUFusedBottleneckBlock", stem_class} <= replaced
     assert fuse_relu_convs_(torch.nn.Linear(2, 2)) == 0

@@ -65,6 +65,7 @@ import importlib
 import json
 from typing import Any, Dict, List, Optional
 
+import pointrend_sem  # noqa: F401  # isort: skip  (first: detectron2 imported quietly)
 import torch
 from detectron2.modeling import build_model
 
@@ -195,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         results["reference"] = args.compare
         results["reference_memory_reuse"] = memory_reuse(reference.keeps_freed_memory, device)
     elif args.weights:
-        PointRendSemCheckpointer(model).load(args.weights)
+        PointRendSemCheckpointer(model, strict_fit=True).load(args.weights)
     if args.exported and not args.compare:
         image = inputs.in_format(image_rgb, cfg.INPUT.FORMAT)
         contenders.append(exported.build_exported_contender(args.exported, image, args.batch_size))

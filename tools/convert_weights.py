@@ -32,6 +32,7 @@ import re
 import sys
 from typing import Dict, List, Optional
 
+import pointrend_sem  # noqa: F401  # isort: skip  (first: detectron2 imported quietly)
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model

@@ -32,13 +32,14 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+import pointrend_sem  # noqa: F401  # isort: skip  (first: detectron2 imported quietly)
 import cv2
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from pointrend_sem import main_with_one_line_errors
-from pointrend_sem.engine import setup
+from pointrend_sem.checkpoint import PointRendSemCheckpointer
+from pointrend_sem.engine import check_weights_file, setup
 from pointrend_sem.errors import UserValueError
 from pointrend_sem.export.module import (
     FORMATS,
@@ -77,6 +78,11 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="GLOB",
         help="also compare with PyTorch on these images, through the runner (a file, a folder or "
         "a quoted glob; repeat the option for more)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show the exporter's own INFO logs (torch.onnx, onnxscript, onnx_ir)",
     )
     parser.add_argument(
         "opts",
@@ -158,7 +164,10 @@ def check_on_images(model, path: str, files: Sequence[str]) -> float:
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     """Parse ``argv``, export, check; return the check's numbers."""
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    # the libraries the exporter calls log dozens of INFO lines per export: warnings only, unless
+    # --verbose; this package's own INFO lines stay
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    logging.getLogger("pointrend_sem").setLevel(logging.INFO)
     cfg = setup(args, log=False)
     check_exportable(cfg)
     if args.height < 1 or args.width < 1:
@@ -166,8 +175,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     if args.format == "aoti" and not args.output.endswith(".pt2"):
         raise UserValueError(f"An AOTInductor package is a .pt2 file; got --output {args.output}.")
     files = expand_image_inputs(args.check_images, "--check-images") if args.check_images else []
+    check_weights_file(cfg.MODEL.WEIGHTS)
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    PointRendSemCheckpointer(model, strict_fit=True).load(cfg.MODEL.WEIGHTS)
     start = time.perf_counter()
     export_model(cfg, model, args.format, args.height, args.width, args.output)
     seconds = time.perf_counter() - start

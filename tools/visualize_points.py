@@ -20,6 +20,7 @@ import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import pointrend_sem  # noqa: F401  # isort: skip  (first: detectron2 imported quietly)
 import numpy as np
 import torch
 from detectron2.data import transforms as T
@@ -218,7 +219,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     model = build_model(cfg)
     model.eval()
     check_weights_file(cfg.MODEL.WEIGHTS)
-    PointRendSemCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    PointRendSemCheckpointer(model, strict_fit=True).load(cfg.MODEL.WEIGHTS)
     image = read_image(args.input, format=cfg.INPUT.FORMAT)
     augmentations = T.AugmentationList(build_test_augmentations(cfg))
     result = collect_subdivision(model, to_model_inputs(image, augmentations))

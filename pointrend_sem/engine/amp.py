@@ -10,12 +10,19 @@ The adapter: ``DefaultTrainer.__init__`` builds the step trainer itself
 :class:`CPUAMPTrainerMixin`, put before ``DefaultTrainer`` in a trainer's bases, intercepts that
 assignment: an :class:`AMPTrainer` over a CPU model is replaced by a :class:`CPUAMPTrainer` over
 the same model, data loader and optimizer. CUDA models keep detectron2's AMPTrainer.
+
+A CPU that cannot run bf16 convolutions (:mod:`pointrend_sem.capabilities`: below AVX-512, or
+oneDNN off) refuses ``SOLVER.AMP.ENABLED`` with one line; one that only emulates bf16 trains
+with a warning that fp32 is faster there.
 """
 
 import logging
 
 import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
+
+from ..capabilities import precision_support
+from ..errors import UserValueError
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +52,29 @@ def adapt_step_trainer(trainer):
     """``trainer``, or a :class:`CPUAMPTrainer` over the same model, data loader and optimizer
     when it is an :class:`AMPTrainer` of a CPU model."""
     if isinstance(trainer, AMPTrainer) and on_cpu(trainer.model):
+        check_cpu_amp()
         logger.info("SOLVER.AMP.ENABLED on CPU: bf16 autocast without a gradient scaler.")
         return CPUAMPTrainer(trainer.model, trainer.data_loader, trainer.optimizer)
     return trainer
+
+
+def check_cpu_amp() -> None:
+    """Raise when this CPU cannot train in bf16; warn when it only emulates bf16.
+
+    Raises:
+        UserValueError: naming what the CPU lacks and ``SOLVER.AMP.ENABLED False``.
+    """
+    support = precision_support(torch.bfloat16, "cpu")
+    if not support.runs:
+        raise UserValueError(
+            f"SOLVER.AMP.ENABLED trains in bf16 on a CPU, which this one cannot run: "
+            f"{support.detail}. Set SOLVER.AMP.ENABLED False to train in fp32."
+        )
+    if not support.native:
+        logger.warning(
+            f"SOLVER.AMP.ENABLED on this CPU runs emulated bf16: {support.detail}. "
+            "SOLVER.AMP.ENABLED False (fp32) is faster here."
+        )
 
 
 class CPUAMPTrainerMixin:

@@ -19,6 +19,8 @@ from detectron2.utils.logger import setup_logger
 from ..config import add_pointrend_sem_config
 from ..cpu_memory import apply_memory_setting
 from ..errors import UserError, UserFileNotFoundError, UserKeyError, UserValueError
+from ..modeling.precision import resolve_precision
+from .amp import check_cpu_amp
 
 
 def _all_keys(node, prefix: str = ""):
@@ -178,6 +180,67 @@ def explain_unreadable_checkpoint(path: str, source: str = "MODEL.WEIGHTS") -> I
         ) from e
 
 
+def check_config_values(cfg, training: bool) -> None:
+    """Raise a :class:`UserValueError` naming the first config value that cannot work, and the
+    fix. Always: ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` >= 1, ``DATALOADER.NUM_WORKERS`` >= 0. With
+    ``training`` (the keys only training reads): ``SOLVER.IMS_PER_BATCH`` >= 1 and a multiple of
+    the number of processes (of ``SOLVER.REFERENCE_WORLD_SIZE`` when set, which detectron2 scales
+    it from), ``SOLVER.BASE_LR`` > 0, ``SOLVER.MAX_ITER`` >= 0, ``SOLVER.CHECKPOINT_PERIOD`` >= 1,
+    ``TEST.EVAL_PERIOD`` >= 0."""
+    problems = []
+    if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES < 1:
+        problems.append(
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}: set it to "
+            "the number of classes of the dataset (1 for a one-logit binary model)."
+        )
+    if cfg.DATALOADER.NUM_WORKERS < 0:
+        problems.append(
+            f"DATALOADER.NUM_WORKERS is {cfg.DATALOADER.NUM_WORKERS}: set it to 0 (load the data "
+            "in the main process) or to a number of worker processes."
+        )
+    if training:
+        solver = cfg.SOLVER
+        processes = solver.REFERENCE_WORLD_SIZE or comm.get_world_size()
+        if solver.REFERENCE_WORLD_SIZE:
+            divisor = f"SOLVER.REFERENCE_WORLD_SIZE ({processes}, which detectron2 scales it from)"
+        else:
+            divisor = f"the number of processes ({processes})"
+        if solver.IMS_PER_BATCH < 1:
+            problems.append(
+                f"SOLVER.IMS_PER_BATCH is {solver.IMS_PER_BATCH}: it is the number of images of "
+                f"an iteration, all processes together; set it to 1 or more, a multiple of "
+                f"{divisor}."
+            )
+        elif solver.IMS_PER_BATCH % processes:
+            problems.append(
+                f"SOLVER.IMS_PER_BATCH is {solver.IMS_PER_BATCH}, not a multiple of {divisor}: "
+                "every process takes the same share of a batch; set it to a multiple of "
+                f"{processes}, e.g. {-(-solver.IMS_PER_BATCH // processes) * processes}."
+            )
+        if solver.BASE_LR <= 0:
+            problems.append(
+                f"SOLVER.BASE_LR is {solver.BASE_LR}: the weights would not learn; set it to a "
+                "positive learning rate (the recipes use 0.01)."
+            )
+        if solver.MAX_ITER < 0:
+            problems.append(
+                f"SOLVER.MAX_ITER is {solver.MAX_ITER}: set it to the number of training "
+                "iterations, 0 or more."
+            )
+        if solver.CHECKPOINT_PERIOD < 1:
+            problems.append(
+                f"SOLVER.CHECKPOINT_PERIOD is {solver.CHECKPOINT_PERIOD}: set it to a number of "
+                "iterations, 1 or more (a checkpoint is also saved at the end)."
+            )
+        if cfg.TEST.EVAL_PERIOD < 0:
+            problems.append(
+                f"TEST.EVAL_PERIOD is {cfg.TEST.EVAL_PERIOD}: set it to a number of iterations, "
+                "or to 0 to evaluate only at the end of training."
+            )
+    if problems:
+        raise UserValueError(problems[0])
+
+
 def add_opts_argument(parser) -> None:
     """``--opts KEY VALUE ...``: config overrides of a script that takes its other options as
     flags (demo/demo.py, tools/visualize_points.py); read by :func:`setup` as ``args.opts``."""
@@ -195,7 +258,11 @@ def setup(args, *, log: bool = True):
     Without CUDA, ``MODEL.DEVICE`` falls back to "cpu" so every command runs on a CPU-only
     machine with no extra flag. With ``log``, detectron2's ``default_setup`` prepares
     OUTPUT_DIR, logging and seeding. On a CPU, ``MODEL.KEEP_FREED_MEMORY`` takes effect here
-    (:mod:`pointrend_sem.cpu_memory`).
+    (:mod:`pointrend_sem.cpu_memory`). A ``TEST.PRECISION`` (or ``SOLVER.AMP.ENABLED`` for
+    training) that this machine cannot run stops it (:mod:`pointrend_sem.capabilities`), and so
+    do values that cannot work with a
+    :class:`UserValueError` naming the key (:func:`check_config_values`; the keys only training
+    reads are checked when ``args.eval_only`` is False, as for train_net.py without --eval-only).
     """
     cfg = get_cfg()
     add_pointrend_sem_config(cfg)
@@ -219,6 +286,8 @@ def setup(args, *, log: bool = True):
             for node in nodes:
                 node.NORM = "naiveSyncBN" if node.NORM == "SyncBN" else node.NORM
             notes.append("CPU multi-process run: SyncBN replaced by naiveSyncBN.")
+    # train_net.py's arguments tell training from evaluation; the tools only evaluate or predict
+    check_config_values(cfg, training=not getattr(args, "eval_only", True))
     cfg.freeze()
     if log:
         default_setup(cfg, args)
@@ -226,5 +295,13 @@ def setup(args, *, log: bool = True):
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="pointrend_sem")
     for note in notes:
         logging.getLogger(__name__).info(note)
+    # a precision this machine cannot run stops here, before any data or weights are read
+    resolve_precision(cfg.TEST.PRECISION, cfg.MODEL.DEVICE)
+    if (
+        cfg.SOLVER.AMP.ENABLED
+        and cfg.MODEL.DEVICE == "cpu"
+        and not getattr(args, "eval_only", True)
+    ):
+        check_cpu_amp()
     apply_memory_setting(cfg)
     return cfg

@@ -29,6 +29,7 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
 from torch.nn import functional as F
 
+from ..capabilities import cpp_compiler
 from ..errors import UserValueError
 from ..modeling.binary import as_two_channels, num_output_channels
 from ..modeling.conv_norm_folding import NormFoldedConv2d, NormFoldedPointFC, fold_norm_into
@@ -195,6 +196,12 @@ def export_graph(module: ExportableSegmentor, example: torch.Tensor, fmt: str, p
     (one of :data:`FORMATS`)."""
     if fmt not in FORMATS:
         raise ValueError(f"Unknown export format {fmt!r}; choose one of {list(FORMATS)}.")
+    if fmt == "aoti" and cpp_compiler() is None:
+        raise UserValueError(
+            "An AOTInductor package (--format aoti) is compiled C++, and no C++ compiler was "
+            "found ($CXX, else g++, on PATH): install one (e.g. apt-get install g++) or export "
+            "--format pt2 or onnx."
+        )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with torch.no_grad():
         if fmt == "onnx":

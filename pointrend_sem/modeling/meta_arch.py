@@ -16,9 +16,9 @@ from detectron2.structures import ImageList
 from torch import nn
 from torch.nn import functional as F
 
+from ..capabilities import fused_conv_runs
 from .binary import as_two_channels
 from .conv_norm_folding import fold_norms_in_inference
-from .onednn_fusion import fused_op_available
 from .precision import PRECISIONS, InferenceCopy, resolve_precision
 from .subdivision_trace import SubdivisionTrace
 
@@ -208,6 +208,8 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         ret["fold_norms"] = cfg.MODEL.FOLD_NORMS
         ret["train_crop_padding"] = train_crop_padding_from_config(cfg)
         ret["output_resize"] = cfg.TEST.OUTPUT_RESIZE
+        # a precision the device cannot run stops here, before training or loading anything
+        resolve_precision(cfg.TEST.PRECISION, cfg.MODEL.DEVICE)
         ret["precision"] = cfg.TEST.PRECISION
         window = cfg.TEST.SLIDING_WINDOW
         if window.ENABLED:
@@ -396,9 +398,9 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
 
         * bf16 / fp16: cached copies in that dtype (:class:`.precision.InferenceCopy`, rebuilt
           when a parameter changes), and the dtype;
-        * fp32 on a CPU with oneDNN, norms folded (``MODEL.FOLD_NORMS``) and autograd off:
-          cached fp32 copies whose convolutions run fused with the ReLU or residual sum after
-          them (:mod:`.onednn_fusion`), and None;
+        * fp32 on a CPU where oneDNN's fused convolution runs, norms folded
+          (``MODEL.FOLD_NORMS``) and autograd off: cached fp32 copies whose convolutions run
+          fused with the ReLU or residual sum after them (:mod:`.onednn_fusion`), and None;
         * otherwise the model's own backbone, None (the head's own coarse head) and None.
         """
         dtype = resolve_precision(self.precision, self.device)
@@ -408,7 +410,7 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             and self.fold_norms
             and self.device.type == "cpu"
             and not torch.is_grad_enabled()
-            and fused_op_available()
+            and fused_conv_runs(torch.float32)
         ):
             copy_dtype = torch.float32
         if copy_dtype is None:

@@ -9,8 +9,10 @@ applies them to the convolution's accumulators before it writes its output ("pos
 reaches that through ``torch.ops.mkldnn._convolution_pointwise`` (what TorchInductor emits for
 CPU; private, with no public equivalent), used only here, only on modules made for inference
 (:class:`.precision.InferenceCopy`): the model itself, its state dict and training never
-see it. Where the operator is missing or refuses an input, the modules fall back to the unfused
-computation.
+see it. The copy is rewritten only where the operator runs in the copy's dtype on this CPU
+(:func:`pointrend_sem.capabilities.fused_conv_runs`, a cached one-op probe: some builds lack
+the operator, and oneDNN refuses bf16 below AVX-512 and fp16 below avx512_fp16); elsewhere it
+keeps the plain modules, which compute the same.
 
 :func:`fuse_relu_convs_` rewrites, in place:
 
@@ -20,22 +22,12 @@ computation.
   ResNetV1c deep stem): three conv + ReLU, then the max pool.
 """
 
-import functools
-
 import torch
 from detectron2.layers import Conv2d
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock
 from detectron2.projects.deeplab.resnet import DeepLabStem
 from torch import nn
 from torch.nn import functional as F
-
-
-@functools.lru_cache(maxsize=None)
-def fused_op_available() -> bool:
-    """Whether this torch has oneDNN's fused convolution (and oneDNN is enabled)."""
-    return torch.backends.mkldnn.is_available() and hasattr(
-        torch.ops.mkldnn, "_convolution_pointwise"
-    )
 
 
 def _fusable(conv: nn.Module) -> bool:
@@ -55,7 +47,7 @@ def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         conv: a :func:`_fusable` convolution, C_in -> C_out.
         x: (N, C_in, H, W).
     """
-    if x.device.type == "cpu" and fused_op_available():
+    if x.device.type == "cpu":
         return torch.ops.mkldnn._convolution_pointwise(
             x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
             "relu", [], "",
@@ -72,7 +64,7 @@ def conv_add_relu(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torc
         x: (N, C_in, H, W).
         other: (N, C_out, H', W'), the shape of ``conv(x)``, same dtype and memory layout.
     """
-    if x.device.type == "cpu" and fused_op_available() and other.dtype == x.dtype:
+    if x.device.type == "cpu" and other.dtype == x.dtype:
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, other, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation,
             conv.groups, "add", None, "relu", [], "",
@@ -122,10 +114,8 @@ def _is_relu(activation) -> bool:
 def fuse_relu_convs_(module: nn.Module) -> int:
     """Rewrite, in place, the modules of ``module`` listed in the module doc into their fused
     forms (same parameters; only ``forward`` changes); return how many convolutions now run
-    fused. Call it on an inference copy whose norms are folded; does nothing (returns 0) when
-    the fused operator is missing."""
-    if not fused_op_available():
-        return 0
+    fused. Call it on an inference copy whose norms are folded, and only where the fused
+    operator runs in the copy's dtype (:func:`pointrend_sem.capabilities.fused_conv_runs`)."""
     fused = 0
     for sub in module.modules():
         if type(sub) is BottleneckBlock and all(

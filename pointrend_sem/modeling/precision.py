@@ -15,6 +15,10 @@ What runs in which precision, and why (``PointRendSemanticSegmentor.predict``):
   step, and it decides the class of exactly the pixels on the boundaries;
 * final logits: fp32.
 
+Which precisions a device runs is :mod:`pointrend_sem.capabilities`'s answer: a precision that
+it cannot run is refused with one line, where it is only emulated it runs with a warning, and
+"auto" picks bf16 only where the device has bf16 instructions.
+
 The fp32 parameters, the state dict and checkpoints are left as they are: training, a
 checkpoint load or ``model.to(device)`` after an inference makes the cached copy stale, and the
 next inference rebuilds it.
@@ -33,6 +37,8 @@ import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
 
+from ..capabilities import DTYPE_NAMES, fused_conv_runs, onednn_enabled, precision_support
+from ..errors import UserValueError
 from .conv_norm_folding import _BATCH_NORMS, _is_foldable, fold_norm_into
 from .onednn_fusion import fuse_relu_convs_
 
@@ -42,49 +48,58 @@ logger = logging.getLogger(__name__)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": None}
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bf16 tiles (Linux ``/proc/cpuinfo`` flag ``amx_bf16``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
-
-
 def resolve_precision(precision: str, device) -> Optional[torch.dtype]:
     """The dtype of the backbone and coarse head for ``TEST.PRECISION`` on ``device``; None for
-    fp32.
+    fp32. What the device can run is decided by :mod:`pointrend_sem.capabilities`:
 
-    "auto" is bf16 on a CPU with AMX and on a CUDA GPU that supports bf16, fp32 elsewhere (its
-    choice is logged once per device).
+    * "auto": bf16 where the device has bf16 instructions (a CPU with AMX or avx512_bf16, a
+      CUDA GPU with bf16), fp32 elsewhere; its choice is logged once per device;
+    * "bf16" / "fp16" where oneDNN only emulates it (slower than fp32): runs, with a warning
+      once per device;
+    * "bf16" / "fp16" where the device cannot run it: refused.
 
     Raises:
-        ValueError: for an unknown precision.
+        UserValueError: an unknown precision, or one the device cannot run (naming what it
+            lacks and the precision to use instead).
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"TEST.PRECISION is {precision!r}; choose one of {list(PRECISIONS)}.")
-    if precision != "auto":
-        return PRECISIONS[precision]
-    return _auto_precision(torch.device(device).type)
+        raise UserValueError(f"TEST.PRECISION is {precision!r}; choose one of {list(PRECISIONS)}.")
+    device_type = torch.device(device).type
+    # the answers depend on oneDNN's switch too (a test may turn it off)
+    if precision == "auto":
+        return _auto_precision(device_type, onednn_enabled())
+    dtype = PRECISIONS[precision]
+    if dtype is not None:
+        _check_runs(precision, device_type, onednn_enabled())
+    return dtype
 
 
 @functools.lru_cache(maxsize=None)
-def _auto_precision(device_type: str) -> Optional[torch.dtype]:
-    if device_type == "cuda":
-        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        reason = "a CUDA GPU with bf16 support" if use_bf16 else "a CUDA GPU without bf16"
-    elif device_type == "cpu":
-        use_bf16 = cpu_has_amx()
-        reason = "a CPU with AMX" if use_bf16 else "a CPU without AMX"
-    else:
-        use_bf16, reason = False, f"device type {device_type!r}"
-    choice = "bf16" if use_bf16 else "fp32"
-    logger.info(f"TEST.PRECISION auto: {choice} backbone and coarse head on {reason}.")
-    return torch.bfloat16 if use_bf16 else None
+def _check_runs(precision: str, device_type: str, onednn_on: bool) -> None:
+    """Raise when ``device_type`` cannot run ``precision``; warn (once) where it is emulated."""
+    support = precision_support(PRECISIONS[precision], device_type)
+    if not support.runs:
+        raise UserValueError(
+            f"TEST.PRECISION {precision} cannot run on this {device_type.upper()}: "
+            f"{support.detail}. Use TEST.PRECISION fp32, or auto (the fastest precision this "
+            "machine runs)."
+        )
+    if not support.native:
+        logger.warning(
+            f"TEST.PRECISION {precision} runs emulated on this {device_type.upper()}: "
+            f"{support.detail}. TEST.PRECISION fp32 is faster here."
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_precision(device_type: str, onednn_on: bool) -> Optional[torch.dtype]:
+    support = precision_support(torch.bfloat16, device_type)
+    choice = "bf16" if support.native else "fp32"
+    logger.info(
+        f"TEST.PRECISION auto: {choice} backbone and coarse head on this {device_type.upper()} "
+        f"(bf16: {support.detail})."
+    )
+    return torch.bfloat16 if support.native else None
 
 
 def _state_key(module: nn.Module) -> Tuple:
@@ -115,6 +130,14 @@ def _fold_norms_(module: nn.Module) -> None:
         conv.norm = None
         # a NormFoldedConv2d becomes a plain Conv2d: its norm is in the weights now
         conv.__class__ = Conv2d
+
+
+@functools.lru_cache(maxsize=None)
+def _log_unfused(dtype: torch.dtype) -> None:
+    logger.info(
+        f"oneDNN's fused convolution does not run in {DTYPE_NAMES[dtype]} here: the inference "
+        "copy runs plain convolutions and ReLUs (the same outputs, one more pass over memory)."
+    )
 
 
 class InferenceCopy:
@@ -152,8 +175,10 @@ class InferenceCopy:
                     sub.__dict__.pop("_reduced_precision", None)
                 _fold_norms_(reduced)
                 reduced.to(self.dtype)
-                if self.fuse_relu:
+                if self.fuse_relu and fused_conv_runs(self.dtype):
                     fuse_relu_convs_(reduced)
+                elif self.fuse_relu:
+                    _log_unfused(self.dtype)
             for param in reduced.parameters():
                 param.requires_grad_(False)
             self._copy, self._key = reduced, key

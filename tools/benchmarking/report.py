@@ -46,6 +46,7 @@ ROWS: List[Tuple[str, str, Union[str, Callable[[Dict[str, Any]], str]]]] = [
     ("ceiling_fp32_conv_gflops", "ceiling fp32, 3x3 conv (GFLOP/s)", "{:.0f}"),
     ("ceiling_bf16_matmul_gflops", "ceiling bf16, matmul (GFLOP/s)", "{:.0f}"),
     ("ceiling_bf16_conv_gflops", "ceiling bf16, 3x3 conv (GFLOP/s)", "{:.0f}"),
+    ("ceiling_bf16_skipped", "ceiling bf16", "{}"),
     ("gflop", "ours: GFLOP per pass (2 per multiply-add)", "{:.1f}"),
     ("achieved_gflops", "ours: achieved GFLOP/s", "{:.0f}"),
     ("ceiling_fraction", "ours: fraction of its precision's conv ceiling", "{:.1%}"),

@@ -67,7 +67,10 @@ def measure_ceilings(device: str, repeats: int = 5, scale: float = 1.0) -> Dict[
     """The machine's achievable FLOP/s per dtype, "ceiling_<dtype>_matmul_gflops" and
     "ceiling_<dtype>_conv_gflops" for fp32 and bf16: the fastest of ``repeats`` runs of a
     ``MATMUL_SIZE`` square matmul and of a 3x3 conv of ``CONV_SHAPE``. ``scale`` < 1 shrinks
-    both workloads (tests)."""
+    both workloads (tests). A dtype the device cannot run (:mod:`pointrend_sem.capabilities`)
+    is not measured: "ceiling_<dtype>_skipped" says why."""
+    from pointrend_sem.capabilities import precision_support
+
     gen = torch.Generator().manual_seed(0)
     size = max(int(MATMUL_SIZE * scale), 16)
     n, channels, height, width = CONV_SHAPE
@@ -75,6 +78,10 @@ def measure_ceilings(device: str, repeats: int = 5, scale: float = 1.0) -> Dict[
     fields = {}
     with torch.no_grad():
         for name, dtype in DTYPES.items():
+            support = precision_support(dtype, device)
+            if not support.runs:
+                fields[f"ceiling_{name}_skipped"] = f"not measured: {support.detail}"
+                continue
             a = torch.randn(size, size, generator=gen).to(device, dtype)
             b = torch.randn(size, size, generator=gen).to(device, dtype)
             gflops = best_flops_per_s(lambda: a @ b, 2.0 * size**3, device, repeats) / 1e9

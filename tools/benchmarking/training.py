@@ -10,6 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pointrend_sem.engine import Trainer
+from pointrend_sem.engine.amp import check_cpu_amp
 
 from .measure import latency_fields, measure_call
 
@@ -49,6 +50,8 @@ def measure_training(cfg, model: nn.Module, args) -> Dict[str, Any]:
     # pointrend_sem.engine.amp; fp16 on CUDA, whose gradient scaler does not change the time)
     amp = cfg.SOLVER.AMP.ENABLED
     amp_dtype = torch.bfloat16 if torch.device(device).type == "cpu" else torch.float16
+    if amp and amp_dtype == torch.bfloat16:
+        check_cpu_amp()  # refused (one line) where the CPU cannot run bf16
 
     def step():
         with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp):

@@ -1,0 +1,44 @@
+"""A quiet console: the known import-time warnings of detectron2 and fvcore are kept out of our
+commands' output, and only those (pointrend_sem/console.py); the exporter's libraries log INFO
+lines only with --verbose."""
+
+import sys
+import warnings
+
+from conftest import run_command
+
+from pointrend_sem.console import KNOWN_IMPORT_WARNINGS, known_import_warnings_silenced
+
+
+def test_train_net_starts_without_import_warnings():
+    # a process of its own: in this one detectron2 is imported already
+    proc = run_command([sys.executable, "-W", "default", "train_net.py", "--help"], check=True)
+    assert "Warning" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_only_the_known_warning_is_silenced_and_only_inside():
+    ((message, category, module),) = KNOWN_IMPORT_WARNINGS
+    known = "`torch.jit.script` is deprecated. Please switch to `torch.compile`."
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with known_import_warnings_silenced():
+            warnings.warn_explicit(known, category, "_script.py", 1, module="torch.jit._script")
+            warnings.warn_explicit(known, category, "mine.py", 1, module="my_code")
+            warnings.warn_explicit("something else", category, "_script.py", 2, module=module)
+        warnings.warn_explicit(known, category, "_script.py", 1, module="torch.jit._script")
+    shown = [(str(w.message)[:14], w.filename) for w in seen]
+    assert shown == [(known[:14], "mine.py"), ("something else", "_script.py"),
+                     (known[:14], "_script.py")]  # fmt: skip
+
+
+def test_export_logs_library_info_only_when_verbose(tmp_path):
+    cmd = [sys.executable, "-W", "default", "tools/export_model.py"]
+    cmd += ["--config-file", "configs/demo_synthetic.yaml"]
+    cmd += ["--format", "onnx", "--height", "32", "--width", "32", "--runs", "1"]
+    cmd += ["--output", str(tmp_path / "m.onnx")]
+    for verbose in (False, True):
+        proc = run_command(cmd + ["--verbose"] * verbose + ["MODEL.WEIGHTS", ""], check=True)
+        info = [line for line in proc.stderr.splitlines() if line.startswith("INFO:")]
+        ours = [line for line in info if line.startswith("INFO:pointrend_sem")]
+        assert ours and (len(ours) < len(info)) == verbose, info
+        assert "FutureWarning" not in proc.stderr, proc.stderr[-2000:]
