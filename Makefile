@@ -1,6 +1,7 @@
 # The two commands of a fresh checkout; each sets up what is missing first, and only that:
 #   make demo   train and evaluate the demo on generated data (configs/demo_synthetic.yaml)
-#   make test   lint (black, isort, flake8), then the tests
+#   make test   lint (black, isort, flake8), the hardware-dependent tests as on a PyTorch without
+#               oneDNN (README, "Tests"), then all the tests
 # `make -n demo` / `make -n test` print what would run, set-up steps included.
 #
 # PYTHON: the interpreter to run and set up. DETECTRON2_SRC: a detectron2 checkout to install,
@@ -26,6 +27,7 @@ demo: $(TORCH) $(DETECTRON2) $(PACKAGE)
 	$(PYTHON) train_net.py --config-file configs/demo_synthetic.yaml
 
 test: $(TORCH) $(DETECTRON2) $(PACKAGE) $(MMSEG) lint
+	POINTREND_SEM_TEST_ONEDNN=0 $(PYTHON) -m pytest tests/test_capabilities.py tests/test_precision.py
 	$(PYTHON) -m pytest tests
 
 # third_party/ (where detectron2 is cloned) is not ours to lint; black skips it as git-ignored
