@@ -13,6 +13,11 @@ its contents, not its name (:func:`pointrend_sem.convert.published.recognize_che
   loaded; sssegmentation's point-head BNs are folded when that model's point head has no norms),
   and the conversion is cached.
 
+Every file is read by :func:`pointrend_sem.safe_load.load_weights_file`, which runs no code from
+it (detectron2 reads a ``.pkl`` with plain ``pickle.load``); the result is what detectron2's
+``_load_file`` returns for it. A URL's file whose name carries a SHA-256 prefix
+(``name-<hex>.pth``) is checked against it; ``http://`` URLs are refused.
+
 Whether the checkpoint fits the model is judged in one place, the checkpointer's
 ``_load_model`` (fvcore's override point), from the keys detectron2 could not load: entries of the
 model's ``state_dict`` that the checkpoint holds with another shape, or lacks (BatchNorm's
@@ -34,7 +39,7 @@ import logging
 import os
 import zipfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 from urllib.request import url2pathname
 
 import torch
@@ -51,11 +56,11 @@ from .convert.published import (
     recognize_checkpoint,
 )
 from .errors import UserValueError
+from .safe_load import check_hash_prefix, is_plain_pickle, load_weights_file
 
 CACHE_ENV = "POINTREND_SEM_CACHE"
 # bump when a converter changes what it writes, so that older cache entries are not used
 CACHE_VERSION = 1
-FILE_URL = "file://"
 
 logger = logging.getLogger(__name__)
 
@@ -149,19 +154,43 @@ class PointRendSemCheckpointer(DetectionCheckpointer):
         )
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
-        """As ``DetectionCheckpointer.load``; a ``file://`` URL names the local file.
+        """As ``DetectionCheckpointer.load``; a ``file://`` URL names the local file. A URL's
+        file whose name carries a hash prefix (``name-<sha256 prefix>.pth``) must match it
+        (:func:`~pointrend_sem.safe_load.check_hash_prefix`; a download that does not is
+        deleted); an ``http://`` URL is refused.
 
         Raises:
             UserValueError: with ``strict_fit``, a checkpoint that does not fit the model
-                (:meth:`_load_model`).
+                (:meth:`_load_model`); a file that does not match its hash; an ``http://`` URL;
+                a file that asks for Python objects besides weights
+                (:func:`~pointrend_sem.safe_load.load_weights_file`).
         """
-        if path and path.startswith(FILE_URL):
-            path = url2pathname(urlparse(path).path)
+        if path and "://" in path:
+            path = self._checked_url(path)
         self._loading = path
         try:
             return super().load(path, *args, **kwargs)
         finally:
             self._loading = ""
+
+    def _checked_url(self, url: str) -> str:
+        """The local file of ``url`` (downloaded into detectron2's cache unless ``file://``),
+        checked against the hash prefix of its name; the query (``?matching_heuristics=True``)
+        kept for detectron2."""
+        parsed = urlparse(url)
+        if parsed.scheme == "http":
+            raise UserValueError(
+                f"MODEL.WEIGHTS {url}: plain http:// downloads can be altered on the way; "
+                "use the https:// URL."
+            )
+        query = f"?{parsed.query}" if parsed.query else ""
+        if parsed.scheme == "file":
+            local = url2pathname(parsed.path)
+            check_hash_prefix(parsed.path, local, downloaded=False)
+            return local + query
+        local = self.path_manager.get_local_path(parsed._replace(query="").geturl())
+        check_hash_prefix(parsed.path, local, downloaded=True)
+        return local + query
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
         """As ``DetectionCheckpointer._load_model``; then the model's entries left as they were
@@ -254,13 +283,38 @@ class PointRendSemCheckpointer(DetectionCheckpointer):
         self.logger.info(f"MODEL.WEIGHTS {filename}: {DESCRIPTIONS[source]}, {how}.")
         return {"model": entry["model"], "__author__": f"pointrend-sem from {source}"}
 
-    def _read(self, filename: str) -> Any:
-        """The file as detectron2 reads it, except that a file torch saved (a zip archive) is
-        read with ``torch.load`` whatever its name (detectron2 unpickles every ``.pkl``)."""
-        if filename.endswith((".pkl", ".pyth")) and zipfile.is_zipfile(filename):
-            loaded = self._torch_load(filename)
-            return loaded if "model" in loaded else {"model": loaded}
-        return super()._load_file(filename)
+    def _read(self, filename: str) -> Dict[str, Any]:
+        """The file as detectron2 reads it, read by
+        :func:`~pointrend_sem.safe_load.load_weights_file` (no code from the file runs; detectron2
+        unpickles every ``.pkl`` with plain pickle), and a file torch saved (a zip archive) read
+        as a torch file whatever its name."""
+        loaded = load_weights_file(filename)
+        if is_plain_pickle(filename):
+            return self._model_zoo_layout(loaded)
+        if filename.endswith(".pyth") and not zipfile.is_zipfile(filename):
+            # pycls (detectron2: "no one else seems to use the .pyth extension")
+            state = {k: v for k, v in loaded["model_state"].items() if not k.endswith(BN_COUNTER)}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        if not isinstance(loaded, dict) or "model" not in loaded:
+            loaded = {"model": loaded}
+        parsed = self._parsed_url_during_load
+        queries = parse_qs(parsed.query) if parsed is not None else {}
+        if queries.pop("matching_heuristics", "False") == ["True"]:
+            loaded["matching_heuristics"] = True
+        if queries:
+            raise ValueError(f"Unsupported query remaining: {queries}, in {parsed.geturl()}")
+        return loaded
+
+    def _model_zoo_layout(self, data: Dict[str, Any]) -> Dict[str, Any]:
+        """A plain-pickle ``.pkl`` as detectron2's ``_load_file`` returns it: detectron2's model
+        zoo format (``"model"`` and ``"__author__"``) as it is, else Caffe2's blobs (without
+        ``*_momentum``) to be matched by name."""
+        if "model" in data and "__author__" in data:
+            self.logger.info(f"Reading a file from '{data['__author__']}'")
+            return data
+        data = data.get("blobs", data)  # Detection models have "blobs", ImageNet models don't
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
     def _convert(
         self,

@@ -103,8 +103,10 @@ def test_missing_weights_file_is_named(tmp_path):
     missing = str(tmp_path / "resnet50_v1c.pth")
     with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS .*resnet50_v1c.pth"):
         check_weights_file(missing)
-    with pytest.raises(UserValueError, match="without file://"):
+    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS file://.*resnet50_v1c.pth"):
         check_weights_file("file://" + missing)
+    (tmp_path / "there.pth").write_bytes(b"")
+    check_weights_file(f"file://{tmp_path / 'there.pth'}")  # a URL of a local file is fine
     check_weights_file("")  # training from scratch
     check_weights_file("detectron2://ImageNetPretrained/MSRA/R-101.pkl")  # downloaded by d2
     proc = run_train_net(

@@ -47,23 +47,24 @@ from pointrend_sem.convert.published import (  # noqa: F401  (converter: for scr
     convert_checkpoint,
     converter,
 )
-from pointrend_sem.errors import UserFileNotFoundError, main_with_one_line_errors
+from pointrend_sem.errors import UserError, UserFileNotFoundError, main_with_one_line_errors
+from pointrend_sem.safe_load import load_weights_file
 
 
 def load_state_dict(path: str, unsafe: bool = False) -> Dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, unwrapped from "state_dict"/"model" if nested.
 
-    Loaded with ``weights_only=True`` (no code from the file runs) unless ``unsafe``.
+    Read by :func:`pointrend_sem.safe_load.load_weights_file` (no code from the file runs); with
+    ``unsafe`` (``--unsafe-load``, as ``POINTREND_SEM_TRUST_CHECKPOINTS=1``) a file that holds
+    other pickled objects loads too, with a warning.
     """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not unsafe)
-    except Exception as e:  # torch raises pickle/runtime errors of many kinds here
-        if unsafe:
-            raise
-        raise ValueError(
-            f"{path} cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}); "
-            "if you trust the file, add --unsafe-load."
-        ) from e
+        checkpoint = load_weights_file(path, trust=True if unsafe else None)
+    except UserError:
+        raise
+    except Exception as e:  # torch and pickle raise errors of many kinds for a bad file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ValueError(f"cannot be read as a checkpoint ({type(e).__name__}: {first})") from e
     for wrapper in ("state_dict", "model"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):
             checkpoint = checkpoint[wrapper]
@@ -102,7 +103,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="config the weights are for (required for full models; backbones default to "
         "configs/cityscapes_r50.yaml at the checkpoint's depth)",
     )
-    parser.add_argument("--unsafe-load", action="store_true", help="allow pickled code")
+    parser.add_argument(
+        "--unsafe-load",
+        action="store_true",
+        help="the file is trusted: load other pickled objects too, which can run code (as "
+        "POINTREND_SEM_TRUST_CHECKPOINTS=1)",
+    )
     parser.add_argument(
         "--fold-point-head-norms",
         action="store_true",
@@ -127,6 +133,8 @@ def main(argv=None) -> int:
         converted = convert_checkpoint(
             state, args.source, fold_point_head_norms=args.fold_point_head_norms
         )
+    except UserError:  # names the file itself (one that asks for other pickled objects)
+        raise
     except (KeyError, ValueError) as e:  # a ConversionError lists every key at fault
         print(f"error: {args.input}: {e}\nnothing written.", file=sys.stderr)
         return 1

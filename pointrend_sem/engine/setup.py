@@ -5,9 +5,10 @@ import contextlib
 import difflib
 import logging
 import os
-import pickle
 import re
 from typing import Iterator, Optional, Tuple
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import torch
 import yaml
@@ -20,6 +21,7 @@ from ..config import add_pointrend_sem_config
 from ..cpu_memory import apply_memory_setting
 from ..errors import UserError, UserFileNotFoundError, UserKeyError, UserValueError
 from ..modeling.precision import resolve_precision
+from ..safe_load import TRUST_ENV, UntrustedCheckpointError, load_weights_file
 from .amp import check_cpu_amp
 
 
@@ -105,15 +107,11 @@ def explain_config_errors(cfg, source: str) -> Iterator[None]:
 
 
 def check_weights_file(weights: str) -> None:
-    """Raise when ``MODEL.WEIGHTS`` names a local file that does not exist, or a ``file://`` URL
-    (which detectron2's checkpointer does not read: it wants the path). Other URLs and
-    ``detectron2://`` paths are left to the checkpointer, which downloads them."""
-    if weights.startswith("file://"):
-        raise UserValueError(
-            f"MODEL.WEIGHTS {weights}: detectron2's checkpointer reads a local file by its path; "
-            f"give MODEL.WEIGHTS {weights[len('file://'):]} without file://."
-        )
-    if weights and "://" not in weights and not os.path.isfile(weights):
+    """Raise when ``MODEL.WEIGHTS`` names a local file (a path, or a ``file://`` URL) that does
+    not exist. Other URLs and ``detectron2://`` paths are left to the checkpointer, which
+    downloads them (:mod:`pointrend_sem.safe_load`: https only, hash-checked)."""
+    local = url2pathname(urlparse(weights).path) if weights.startswith("file://") else weights
+    if local and "://" not in local and not os.path.isfile(local):
         raise UserFileNotFoundError(
             f"MODEL.WEIGHTS {weights} does not exist. Obtain it (README, 'Pretrained "
             "backbones'), point MODEL.WEIGHTS at another file, or train from scratch with "
@@ -122,18 +120,18 @@ def check_weights_file(weights: str) -> None:
 
 
 def checkpoint_read_problem(path: str) -> Optional[str]:
-    """Why the checkpoint file ``path`` cannot be read as detectron2's checkpointer reads it
-    (``.pkl``: pickle; else ``torch.load``), in a few words; None when it can be."""
+    """Why the checkpoint file ``path`` cannot be read as the checkpointer reads it
+    (:func:`~pointrend_sem.safe_load.load_weights_file`: no code from the file runs), in a few
+    words; None when it can be."""
     try:
-        if path.endswith(".pkl"):
-            with open(path, "rb") as f:
-                pickle.load(f, encoding="latin1")
-        else:
-            torch.load(path, map_location="cpu")
+        load_weights_file(path, trust=False)
+    except UntrustedCheckpointError as e:
+        return (
+            f"it holds pickled Python objects besides tensors ({e.name}), which could run code; "
+            f"set {TRUST_ENV}=1 if you trust it"
+        )
     except Exception as e:  # torch and pickle raise errors of many kinds for a bad file
         message = str(e.args[0]) if e.args else ""
-        if message.startswith("Weights only load failed"):
-            return "it holds pickled Python objects besides tensors, which torch.load refuses"
         if isinstance(e, EOFError):
             return "the file ends too early (EOFError)"
         first = message.split(". ")[0].strip().splitlines()[0] if message.strip() else ""
