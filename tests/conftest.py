@@ -197,6 +197,25 @@ def run_script(cmd, *, env=None, check=False, cwd=REPO_ROOT) -> subprocess.Compl
     return proc
 
 
+def run_tool(tmp_path, *args):
+    """``python <args>`` run in this process (:func:`run_script`) with the datasets under
+    ``tmp_path/datasets`` and without ``POINTREND_SEM_DEBUG``, as a user runs a command."""
+    from pointrend_sem.errors import DEBUG_ENV
+
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+    env.pop(DEBUG_ENV, None)
+    return run_script([sys.executable, *map(str, args)], env=env)
+
+
+def one_line_error(proc):
+    """The ``error: ...`` line of a command that failed on a user error, without a traceback."""
+    assert proc.returncode != 0
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: "), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return line
+
+
 def start_command(cmd, log_path, *, env=None, cwd=REPO_ROOT) -> subprocess.Popen:
     """Start ``cmd`` in the background with stdout and stderr going to the file ``log_path``
     (never to a pipe); read it with ``tail_of(log_path)``. The caller kills it if it leaves early

@@ -8,18 +8,17 @@ import logging
 import os
 import pickle
 import shutil
-import sys
 from fractions import Fraction
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import load_config, run_script
+from conftest import load_config, one_line_error, run_tool
 from detectron2.modeling import build_model
 
 from pointrend_sem.checkpoint import CACHE_ENV, PointRendSemCheckpointer
-from pointrend_sem.errors import DEBUG_ENV, UserValueError
+from pointrend_sem.errors import UserValueError
 from pointrend_sem.predictor import SemSegPredictor
 from pointrend_sem.safe_load import TRUST_ENV, UntrustedCheckpointError, load_weights_file
 
@@ -64,20 +63,6 @@ def write_zoo_pkl(path, state, **extra):
         arrays = {k: v.numpy() for k, v in state.items()}
         pickle.dump({"model": arrays, "__author__": "Detectron2 Model Zoo", **extra}, f)
     return str(path)
-
-
-def run_tool(tmp_path, *args):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
-    env.pop(DEBUG_ENV, None)
-    return run_script([sys.executable, *map(str, args)], env=env)
-
-
-def one_line_error(proc):
-    assert proc.returncode != 0
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: "), proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return line
 
 
 def entry_point_command(entry, weights, tmp_path):

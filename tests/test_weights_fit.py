@@ -5,17 +5,23 @@ scratch. Config values that cannot work are named by key before anything is buil
 import argparse
 import logging
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_MODEL, load_config, logging_left_as_found, run_script
+from conftest import (
+    REPO_ROOT,
+    TINY_MODEL,
+    load_config,
+    logging_left_as_found,
+    one_line_error,
+    run_tool,
+)
 from detectron2.modeling import build_model
 
 from pointrend_sem.checkpoint import PointRendSemCheckpointer
 from pointrend_sem.engine import Trainer, setup
-from pointrend_sem.errors import DEBUG_ENV, UserValueError
+from pointrend_sem.errors import UserValueError
 from pointrend_sem.predictor import SemSegPredictor
 
 DEMO = ["--config-file", "configs/demo_synthetic.yaml"]
@@ -36,21 +42,6 @@ def three_classes(tmp_path_factory):
     """A checkpoint of the demo model trained for 3 classes (the demo config has 5)."""
     path = tmp_path_factory.mktemp("weights") / "three_classes.pth"
     return save_model(path, ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", 3])[0]
-
-
-def run_tool(tmp_path, *args):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
-    env.pop(DEBUG_ENV, None)
-    return run_script([sys.executable, *map(str, args)], env=env)
-
-
-def one_line_error(proc):
-    """The ``error: ...`` line of a command that failed on a user error, without a traceback."""
-    assert proc.returncode != 0
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: "), proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return line
 
 
 def assert_names_the_class_mismatch(message, path):
