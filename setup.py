@@ -28,8 +28,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["pointrend_sem", "pointrend_sem.*"]),
     install_requires=[
-        "torch>=1.13",
-        "torchvision",
+        "torch>=2.8",  # the newest API the code calls: see tests/test_requirements.py, docs/gpu.md
+        "torchvision>=0.23",  # the release paired with torch 2.8
         "fvcore>=0.1.5,<0.1.6",
         "iopath>=0.1.7,<0.1.10",
         "numpy",

@@ -15,6 +15,8 @@ How each answer is found:
   convolution still accepts the dtype, but is a scalar fallback: a 64-channel 3x3 convolution on
   a 128x128 map took 5.5 s in bf16 against 0.025 s in fp32 on an AVX2 CPU. This package never
   runs that: it refuses the precision with one line.
+* On CUDA, bf16 (and TF32) need compute capability 8.0 or later; ``torch.cuda.is_bf16_supported``
+  also says yes on older GPUs, where bf16 is emulated, so the capability is read instead.
 * Where oneDNN runs the dtype without the instructions for it (bf16 on AVX-512 without
   ``avx512_bf16``), it emulates: correct, but measured 3.9x slower than fp32 on such a Xeon. It
   runs, with a warning, and ``auto`` never picks it.
@@ -184,12 +186,19 @@ def precision_support(dtype: torch.dtype, device="cpu") -> PrecisionSupport:
         return _cpu_support(dtype)
     if device_type == "cuda":
         name = DTYPE_NAMES[dtype]
-        if dtype == torch.bfloat16 and not (
-            torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-        ):
-            return PrecisionSupport(False, False, "this GPU has no bf16 arithmetic (before Ampere)")
+        if dtype == torch.bfloat16 and not cuda_has_ampere_math():
+            # torch.cuda.is_bf16_supported() also says yes where bf16 is only emulated (T4, V100)
+            return PrecisionSupport(
+                False, False, "this GPU has no bf16 units (compute capability below 8.0)"
+            )
         return PrecisionSupport(True, True, f"{name} on a CUDA GPU")
     return PrecisionSupport(dtype == torch.float32, dtype == torch.float32, f"device {device_type}")
+
+
+def cuda_has_ampere_math() -> bool:
+    """Whether the current CUDA GPU has bf16 and TF32 units: compute capability 8.0 (Ampere)
+    or later. False without CUDA."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 
 
 def cpp_compiler() -> Optional[str]:
@@ -207,6 +216,9 @@ def describe(device="cpu") -> str:
         lines.append(f"cpu flags: {' '.join(has) or 'none of ' + ' '.join(wanted)}")
         cap = f", ONEDNN_MAX_CPU_ISA={onednn_max_isa()}" if onednn_max_isa() else ""
         lines.append(f"oneDNN: {'on' if onednn_enabled() else 'off'}{cap}")
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        lines.append(f"GPU: {torch.cuda.get_device_name()}, compute capability {major}.{minor}")
     for dtype in (torch.bfloat16, torch.float16):
         support = precision_support(dtype, device)
         state = "native" if support.native else ("emulated" if support.runs else "refused")

@@ -121,10 +121,13 @@ def add_pointrend_sem_config(cfg: CN) -> None:
     # original size (detectron2, mmsegmentation); "direct" = one bilinear resize of the logits
     # covering the image straight to the original size (sssegmentation; it never pads).
     cfg.TEST.OUTPUT_RESIZE = "via_input"
-    # Precision of inference (CPU and CUDA): "fp32" (reproduces published numbers); "bf16" or
-    # "fp16" = the backbone and coarse head in that dtype, on a copy whose weights are cast once
-    # (checkpoints and training weights stay fp32), point selection, point head and the final
-    # logits in fp32; "auto" = bf16 on a CPU with AMX or a GPU with bf16 support, else fp32.
+    # Precision of inference (CPU and CUDA): "fp32" (reproduces published numbers; IEEE fp32 on
+    # a GPU too, TF32 off); "tf32" = fp32 with TF32 convolutions and matmuls (CUDA, compute
+    # capability >= 8.0); "bf16" or "fp16" = the backbone and coarse head in that dtype, on a
+    # copy whose weights are cast once (checkpoints and training weights stay fp32), point
+    # selection, point head and the final logits in fp32; "auto" = bf16 where the device has bf16
+    # units (a CPU with AMX or avx512_bf16, a GPU of compute capability >= 8.0), else fp32. A
+    # precision the device cannot run is refused in one line (pointrend_sem/capabilities.py).
     cfg.TEST.PRECISION = "fp32"
 
     # Test-time augmentation (with TEST.AUG.ENABLED and TEST.AUG.FLIP, detectron2's keys): scale

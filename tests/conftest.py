@@ -10,12 +10,20 @@ import tempfile
 import textwrap
 import traceback
 
-import pytest
-import torch
-from detectron2.config import get_cfg
-from detectron2.utils.logger import setup_logger
+# The tests run on the CPU, on a GPU host too: its GPUs are hidden from every test process and
+# every process a test starts (before torch first asks CUDA), so that a command cannot silently
+# run on CUDA (NCCL, torch's SyncBN, launch()'s device count). POINTREND_SEM_TEST_CUDA=1 keeps
+# them visible, for the tests marked `cuda` (skipped without a GPU).
+CUDA_ENV = "POINTREND_SEM_TEST_CUDA"
+if os.environ.get(CUDA_ENV, "0").strip() != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
-from pointrend_sem import add_pointrend_sem_config
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from pointrend_sem import add_pointrend_sem_config  # noqa: E402
 
 # Under pytest-xdist (setup.cfg: one worker per core) each worker, and every process it starts,
 # uses one thread: workers x threads stays within the cores instead of oversubscribing them.
@@ -296,6 +304,16 @@ def tiny_train_net(config: str, datasets_root, output_dir, *opts) -> str:
     proc = run_command(cmd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout + proc.stderr
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a visible GPU (``POINTREND_SEM_TEST_CUDA=1`` on a GPU host)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU, visible with {CUDA_ENV}=1")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -8,16 +8,20 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 import detectron2
 import pytest
 import torch
-from conftest import REPO_ROOT, load_config, needs_precision, run_script
+from conftest import REPO_ROOT, load_config, needs_precision, one_line_error, run_script, run_tool
 from detectron2.modeling import build_model
+from torch import nn
 
 from pointrend_sem.capabilities import precision_support
+from pointrend_sem.errors import UserValueError
 from tools import benchmark
 from tools.benchmarking import pipeline, report, roofline, training
+from tools.benchmarking.point_share import CallTimer, EventClock, PerfCounterClock, new_clock
 from tools.benchmarking.reference_models import DETECTRON2_POINTREND_CONFIG
 
 
@@ -185,3 +189,161 @@ def test_training_iteration_with_amp_runs_under_bf16_autocast():
     fields = training.measure_training(cfg, model, args)
     assert fields["train_precision"] == "bf16" and fields["train_iter_median_ms"] > 0
     assert seen == [True]
+
+
+needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+
+
+@needs_no_cuda
+def test_device_cuda_without_cuda_is_one_line(tmp_path):
+    config = "configs/demo_synthetic.yaml"
+    proc = run_tool(tmp_path, "tools/benchmark.py", "--config-file", config, "--device", "cuda")
+    assert one_line_error(proc) == (
+        "error: --device cuda: CUDA is not available here (torch.cuda.is_available() is False): "
+        "benchmark with --device cpu."
+    )
+
+
+@needs_no_cuda
+def test_device_rule_flag_then_overrides_then_cpu():
+    def device(*argv):
+        args = benchmark.get_parser().parse_args(["--config-file", "x.yaml", *argv])
+        return benchmark.resolve_device(args)
+
+    assert device() == "cpu"  # a config file's MODEL.DEVICE (detectron2's "cuda") is not read
+    assert device("--device", "cpu") == device("MODEL.DEVICE", "cpu") == "cpu"
+    assert device("--device", "cpu", "MODEL.DEVICE", "cpu") == "cpu"
+    with pytest.raises(UserValueError, match="^MODEL.DEVICE cuda:0: CUDA is not available"):
+        device("MODEL.DEVICE", "cuda:0")
+    with pytest.raises(UserValueError, match="--device cpu contradicts MODEL.DEVICE cuda"):
+        device("--device", "cpu", "MODEL.DEVICE", "cuda")
+    with pytest.raises(UserValueError, match="MODEL.DEVICE gpu: the benchmark runs on cpu or cuda"):
+        device("MODEL.DEVICE", "gpu")
+
+
+def test_device_cpu_recorded_in_json_and_table(tmp_path):
+    flags = ["--device", "cpu", "--runs", "1", "--warmup", "0"]
+    results, stdout = run_benchmark(tmp_path, "demo_synthetic.yaml", 32, 32, *flags)
+    assert results["device"] == "cpu" and "device_name" not in results
+    assert results["opts"] == ""  # MODEL.DEVICE is set from --device, not shown as an override
+    assert table_rows(stdout)["device"] == "cpu"
+
+
+class _TwoLosses(nn.Module):
+    """A model whose forward returns a dict of losses, as detectron2's models in training."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(3))
+
+    def forward(self, batch):
+        return {"loss_a": (self.weight * batch).sum(), "loss_b": self.weight.square().sum()}
+
+
+class _RecordingScaler:
+    """A GradScaler stand-in: records its calls, scales by 4 and unscales in step()."""
+
+    def __init__(self):
+        self.calls = []
+
+    def scale(self, loss):
+        self.calls.append("scale")
+        return 4.0 * loss
+
+    def step(self, optimizer):
+        self.calls.append("step")
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad /= 4.0
+        optimizer.step()
+
+    def update(self):
+        self.calls.append("update")
+
+
+@pytest.mark.parametrize("scaler", ["recording", "disabled GradScaler", "GradScaler on cpu"])
+def test_scaled_train_step_scales_steps_and_updates_like_amp_trainer(scaler):
+    batch = torch.tensor([1.0, 2.0, 3.0])
+    weights = {}
+    for name in ("unscaled", scaler):
+        model = _TwoLosses()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        if name == "recording":
+            used = _RecordingScaler()
+        elif name == "disabled GradScaler":
+            used = torch.amp.GradScaler("cuda", enabled=False)  # scale, step, update: pass-through
+        elif name == "GradScaler on cpu":  # the real scale, unscale-and-step, update
+            used = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        else:
+            used = None
+        step = training.build_train_step(model, batch, optimizer, "cpu", None, used)
+        step()
+        step()
+        weights[name] = model.weight.detach().clone()
+        if name == "recording":
+            assert used.calls == ["scale", "step", "update"] * 2
+        if name == "GradScaler on cpu":
+            assert used.get_scale() == 1024.0  # finite gradients: stepped, scale kept
+    # two SGD steps of (batch + 2 w) from w = 1: the scaler changes nothing in the result
+    assert torch.allclose(weights[scaler], weights["unscaled"])
+    assert not torch.equal(weights["unscaled"], torch.ones(3))
+
+
+def test_grad_scaler_only_for_amp_on_cuda():
+    assert training.grad_scaler("cpu", True) is None  # bf16: no scaler, as CPUAMPTrainer
+    assert training.grad_scaler("cuda", False) is None
+    with warnings.catch_warnings():  # without CUDA, torch warns that it disables the scaler
+        warnings.simplefilter("ignore", UserWarning)
+        assert isinstance(training.grad_scaler("cuda", True), torch.amp.GradScaler)
+
+
+class _FakeEvent:
+    """A torch.cuda.Event stand-in on a fake clock that advances 1 ms per record()."""
+
+    now_ms = 0.0
+
+    def __init__(self, enable_timing=False):
+        assert enable_timing
+        self.at_ms = None
+
+    def record(self):
+        _FakeEvent.now_ms += 1.0
+        self.at_ms = _FakeEvent.now_ms
+
+    def elapsed_time(self, end):
+        assert self.at_ms is not None and end.at_ms is not None
+        return end.at_ms - self.at_ms
+
+
+def test_event_clock_records_pairs_and_synchronizes_once_when_read():
+    syncs = []
+    clock = EventClock(_FakeEvent, lambda: syncs.append(1))
+    outer = clock.start()
+    inner = clock.start()
+    clock.stop(inner)  # 1 ms
+    clock.stop(outer)  # 3 ms
+    assert syncs == []  # nothing waited for while timing
+    assert clock.total_seconds() == pytest.approx(0.004)
+    assert syncs == [1]
+    assert isinstance(new_clock("cuda:0"), EventClock)
+    assert isinstance(new_clock("cpu"), PerfCounterClock)
+
+
+def test_call_timer_times_calls_with_the_device_clock():
+    syncs = []
+
+    def small(depth):
+        return small(depth - 1) if depth else None
+
+    timer = CallTimer(
+        {"small": small},
+        "cuda",
+        clock=lambda device: EventClock(_FakeEvent, lambda: syncs.append(1)),
+    )
+    with timer:
+        small(1)  # a recursive call: two intervals
+        small(0)
+        assert syncs == []
+    assert timer.calls == {"small": 3}
+    assert timer.seconds["small"] == pytest.approx((3 + 1 + 1) / 1000)
+    assert syncs == [1]

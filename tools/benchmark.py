@@ -8,6 +8,16 @@
         --compare detectron2 --threads 2 --runs 3 --warmup 1 MODEL.RESNETS.DEPTH 50
     python tools/benchmark.py --config-file configs/cityscapes_r50.yaml --compare mmseg \
         MODEL.RESNETS.NORM BN MODEL.SEM_SEG_HEAD.NORM BN
+    python tools/benchmark.py --config-file configs/cityscapes_r50.yaml --device cuda --train \
+        SOLVER.AMP.ENABLED True
+
+Device: ``--device cpu`` or ``--device cuda``; without it, ``MODEL.DEVICE`` when given among the
+command line's overrides, else cpu (a config file's MODEL.DEVICE, detectron2's default "cuda"
+included, is not read). The config's MODEL.DEVICE is set to it; cuda without CUDA stops with one
+line. The table and the JSON say which device ran ("device", and on CUDA "device_name").
+Everything runs there: ours, the reference of --compare, --train and --roofline; --data-loader
+and --pipeline measure CPU work (the input side) wherever the model runs. On CUDA every timed
+region ends with ``torch.cuda.synchronize``.
 
 What is measured, on one seeded random uint8 image of --height x --width, repeated --batch-size
 times (the same image for every run):
@@ -32,13 +42,18 @@ times (the same image for every run):
 * point head share: in one extra forward pass, the time spent in
   ``model.sem_seg_head.point_logits`` (point feature sampling + point head MLP) and in the
   selection of uncertain points (``select_uncertain_grid_points``), as a fraction of that pass
-  (timed through Python's profiler hook; the run stops with an error if either is not called);
+  (timed through Python's profiler hook; the run stops with an error if either is not called).
+  On CUDA each call's GPU time comes from a pair of CUDA events recorded on the stream, read
+  after one synchronize at the end of the pass (no synchronize per call, which would inflate
+  the share);
 * --roofline: the machine's fp32 and bf16 ceilings (GFLOP/s of a large matmul and of a 3x3
   conv 256 -> 256 channels at 128 x 256, best of 5), each model's FLOPs in one pass (2 per
   multiply-add, ``torch.utils.flop_counter``), the GFLOP/s its median latency achieves and that
   as a fraction of the conv ceiling of its precision (``TEST.PRECISION``; references run fp32);
 * --train: training iteration time (forward, backward, optimizer step; model.train(), in an
   EventStorage) on --batch-size random images with random labels at the config's crop size;
+  with SOLVER.AMP.ENABLED as the trainer runs it: bf16 autocast on CPU, fp16 autocast with
+  ``torch.amp.GradScaler`` on CUDA (detectron2's AMPTrainer);
 * --data-loader: images/s of the config's train loader (``Trainer.build_train_loader``) over
   --loader-batches batches after the first one, when the config's dataset is available;
 * --pipeline: images/s of one loader worker running the config's training mapper on
@@ -47,8 +62,9 @@ times (the same image for every run):
 * --compare detectron2|mmseg: the reference PointRend built with our config's depth, classes
   and subdivision points, holding the same weights as ours; both are timed alternately (ours,
   theirs, ours, ...) on the same image; reported: its latency, the latency ratio (ours / theirs,
-  of the medians), and the fraction of pixels whose predicted class agrees. mmsegmentation's
-  model (CPU only here) is run through ``mmseg_logits``, one image after the other.
+  of the medians), and the fraction of pixels whose predicted class agrees. Both references run
+  on --device, taking the image from host memory at each pass as ours does; mmsegmentation's
+  model is run through ``mmseg_logits``, one image after the other.
 
 Weights: random initialisation unless --weights is given; the config's MODEL.WEIGHTS is not
 loaded (latency does not depend on the values, and nothing is downloaded). With --compare,
@@ -72,7 +88,7 @@ from detectron2.modeling import build_model
 from pointrend_sem import cpu_memory
 from pointrend_sem.checkpoint import PointRendSemCheckpointer
 from pointrend_sem.engine import setup
-from pointrend_sem.errors import main_with_one_line_errors
+from pointrend_sem.errors import UserValueError, main_with_one_line_errors
 
 # tools/benchmarking beside this file: "tools.benchmarking" when imported (the tests),
 # "benchmarking" when run as ``python tools/benchmark.py`` (tools/ is first on sys.path)
@@ -93,6 +109,9 @@ exported, inputs, measure, pipeline, point_share, references, report, roofline, 
 )
 
 
+DEVICE_CHOICES = ("cpu", "cuda")
+
+
 def get_parser() -> argparse.ArgumentParser:
     """The command-line options."""
     parser = argparse.ArgumentParser(
@@ -100,6 +119,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="config file")
     parser.add_argument("--weights", default="", metavar="FILE", help="checkpoint to load")
+    parser.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        help="where the models run (default: MODEL.DEVICE when given among the overrides, "
+        "else cpu)",
+    )
     parser.add_argument("--height", type=int, default=1024, help="input height (default 1024)")
     parser.add_argument("--width", type=int, default=2048, help="input width (default 2048)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per pass (default 1)")
@@ -154,6 +179,50 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_device(args) -> str:
+    """The device to run on: ``--device``; without it ``MODEL.DEVICE`` when given among
+    ``args.opts`` (the last one), else "cpu".
+
+    Raises:
+        UserValueError: MODEL.DEVICE is neither cpu nor cuda, --device and MODEL.DEVICE
+            disagree, or the device is CUDA and this machine has none.
+    """
+    given = [value for key, value in zip(args.opts[::2], args.opts[1::2]) if key == "MODEL.DEVICE"]
+    device, source = "cpu", "the default device"
+    if given:
+        device, source = str(given[-1]), f"MODEL.DEVICE {given[-1]}"
+        try:
+            device_type = torch.device(device).type
+        except RuntimeError:
+            device_type = None
+        if device_type not in DEVICE_CHOICES:
+            raise UserValueError(f"{source}: the benchmark runs on cpu or cuda (cuda:N).")
+    if args.device:
+        if given and torch.device(device).type != args.device:
+            raise UserValueError(
+                f"--device {args.device} contradicts MODEL.DEVICE {device} among the overrides; "
+                "give one of them."
+            )
+        if not given:
+            device = args.device
+        source = f"--device {args.device}"
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise UserValueError(
+            f"{source}: CUDA is not available here (torch.cuda.is_available() is False): "
+            "benchmark with --device cpu."
+        )
+    return device
+
+
+def setup_on_device(args, device: str):
+    """The frozen config of ``args`` (:func:`pointrend_sem.engine.setup`) with MODEL.DEVICE
+    ``device``; ``args.opts`` is left as the user gave it (the results' "opts")."""
+    return setup(
+        argparse.Namespace(**{**vars(args), "opts": [*args.opts, "MODEL.DEVICE", device]}),
+        log=False,
+    )
+
+
 def memory_reuse(keeps_freed_memory: bool, device: str) -> str:
     """How a contender's passes allocate host memory, for the table."""
     if device != "cpu":
@@ -168,11 +237,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = get_parser().parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.batch_size < 1:
         raise SystemExit("--runs and --batch-size must be >= 1, --warmup >= 0.")
+    device = resolve_device(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = setup(args, log=False)
-    device = cfg.MODEL.DEVICE
+    cfg = setup_on_device(args, device)
     results = report.describe_run(args, cfg)
+    if device.startswith("cuda"):
+        results["device_name"] = torch.cuda.get_device_name(device)
     results["precision"] = roofline.effective_precision(cfg)
 
     torch.manual_seed(args.seed)

@@ -14,6 +14,13 @@ Input "image": float32 (1, 3, H, W) in INPUT.FORMAT's channel order, values 0-25
 file for ``torch._inductor.aoti_load_package``). A JSON sidecar OUTPUT.json is written next to
 the file for ``pointrend_sem.export.runner``.
 
+--device {cpu,cuda} (default cpu, whatever MODEL.DEVICE says): the model is built there, the
+graph traced there (the sidecar records it as "device") and the check's PyTorch side runs there.
+A .pt2 ExportedProgram is saved with its weights on CPU and runs on any machine (the runner
+moves it to the sidecar's device, or runs it on CPU where CUDA is absent); an AOTInductor
+package is compiled for the device and runs only there; ONNX holds no device (onnxruntime on CPU
+here).
+
 Before reporting success the file is loaded and run (as the runner runs it) on a seeded random
 image and compared with eager PyTorch: the same class on >= 99.99 % of pixels, and >= 99.99 % of
 pixels with scores within 1e-4 of their largest magnitude (not all: where subdivision's top-k
@@ -50,6 +57,7 @@ from pointrend_sem.export.module import (
 )
 from pointrend_sem.export.runner import ExportedPredictor, load_graph
 from pointrend_sem.image_inputs import expand_image_inputs
+from pointrend_sem.modeling.precision import fp32_math
 
 # the check before success: same class on at least this fraction of pixels, scores within this
 # fraction of their largest magnitude
@@ -69,6 +77,13 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, required=True, help="input height H")
     parser.add_argument("--width", type=int, required=True, help="input width W")
     parser.add_argument("--output", required=True, metavar="PATH", help="file to write")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="device to trace the graph on, and to run PyTorch on in the check (default cpu, "
+        "whatever MODEL.DEVICE says); recorded in the sidecar",
+    )
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the check's image")
     parser.add_argument(
@@ -94,12 +109,19 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def median_latency(fn, runs: int) -> float:
-    """Median seconds of ``runs`` calls of ``fn`` after one untimed call."""
-    fn()
+    """Median seconds of ``runs`` calls of ``fn`` after one untimed call (CUDA work included:
+    synchronized)."""
+
+    def call():
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    call()
     times = []
     for _ in range(max(runs, 1)):
         start = time.perf_counter()
-        fn()
+        call()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
@@ -107,8 +129,10 @@ def median_latency(fn, runs: int) -> float:
 def check_exported(
     model, path: str, fmt: str, height: int, width: int, seed: int, runs: int
 ) -> Dict[str, float]:
-    """Run the exported file and eager ``model.predict`` on one random image; their agreement
-    (:func:`~pointrend_sem.export.module.agreement`) and median latencies (s).
+    """Run the exported file (as the runner runs it: on the sidecar's device, see
+    :func:`~pointrend_sem.export.runner.load_graph`) and eager ``model.predict`` (on the model's
+    device) on one random image; their agreement, compared on CPU
+    (:func:`~pointrend_sem.export.module.agreement`), and median latencies (s).
 
     Raises:
         UserValueError: they disagree beyond :data:`MIN_SAME_CLASS` / :data:`MAX_REL_DIFF`.
@@ -116,8 +140,10 @@ def check_exported(
     image = random_image(height, width, seed)
     run_graph = load_graph(path, fmt)
     with torch.no_grad():
-        expected = model.predict([image[0]])[0]["sem_seg"][None]
-    got = torch.from_numpy(run_graph(image.numpy()))
+        expected = model.predict([image[0]])[0]["sem_seg"][None].cpu()
+    # the graph's fp32 as the model's: IEEE fp32 on a GPU (cuDNN would take TF32 on Ampere+)
+    with fp32_math("fp32", model.device):
+        got = torch.from_numpy(run_graph(image.numpy()))  # on CPU
     result = agreement(expected, got, MAX_REL_DIFF)
     if result["same_class"] < MIN_SAME_CLASS or result["close_fraction"] < MIN_SAME_CLASS:
         raise UserValueError(
@@ -146,11 +172,11 @@ def check_on_images(model, path: str, files: Sequence[str]) -> float:
         image_bgr = cv2.imread(file, cv2.IMREAD_COLOR)
         if image_bgr is None:
             raise UserValueError(f"--check-images: cannot read {file} as an image.")
-        got = predictor(image_bgr)["sem_seg"].argmax(0)
+        got = predictor(image_bgr)["sem_seg"].argmax(0).cpu()
         graph_input = torch.from_numpy(predictor.model_input(image_bgr)[0])
         with torch.no_grad():
             expected = model.predict([graph_input], [image_bgr.shape[:2]])[0]["sem_seg"]
-        same += (got == expected.argmax(0)).sum().item()
+        same += (got == expected.argmax(0).cpu()).sum().item()
         total += got.numel()
     fraction = same / total
     if fraction < MIN_SAME_CLASS_ON_IMAGES:
@@ -168,6 +194,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     # --verbose; this package's own INFO lines stay
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     logging.getLogger("pointrend_sem").setLevel(logging.INFO)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserValueError("--device cuda: CUDA is not available here: export with --device cpu.")
+    args.opts = [*args.opts, "MODEL.DEVICE", args.device]  # after the user's: --device wins
     cfg = setup(args, log=False)
     check_exportable(cfg)
     if args.height < 1 or args.width < 1:
@@ -186,8 +215,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     )
     size_mb = os.path.getsize(args.output) / 2**20
     print(
-        f"Exported {args.output} ({args.format}, {args.height}x{args.width}, {size_mb:.1f} MiB, "
-        f"{seconds:.0f} s) and {args.output}.json\n"
+        f"Exported {args.output} ({args.format}, {args.height}x{args.width}, {args.device}, "
+        f"{size_mb:.1f} MiB, {seconds:.0f} s) and {args.output}.json\n"
         f"check on a random image: same class {result['same_class']:.4%}, scores within "
         f"{MAX_REL_DIFF:g} {result['close_fraction']:.4%}, largest score difference "
         f"{result['max_rel_diff']:.1e} of the largest score\n"

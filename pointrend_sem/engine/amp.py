@@ -1,4 +1,5 @@
-"""Mixed-precision training on CPU: ``SOLVER.AMP.ENABLED`` with bf16 autocast.
+"""Mixed-precision training (``SOLVER.AMP.ENABLED``): bf16 autocast on CPU, and resuming across
+AMP on/off on either device.
 
 detectron2's :class:`AMPTrainer` asserts CUDA at its first step (fp16 autocast with a gradient
 scaler). On CPU, :class:`CPUAMPTrainer` runs each step under ``torch.autocast("cpu",
@@ -9,7 +10,12 @@ The adapter: ``DefaultTrainer.__init__`` builds the step trainer itself
 (``self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(...)``, no hook).
 :class:`CPUAMPTrainerMixin`, put before ``DefaultTrainer`` in a trainer's bases, intercepts that
 assignment: an :class:`AMPTrainer` over a CPU model is replaced by a :class:`CPUAMPTrainer` over
-the same model, data loader and optimizer. CUDA models keep detectron2's AMPTrainer.
+the same model, data loader and optimizer. An AMPTrainer of a CUDA model becomes a
+:class:`ResumableAMPTrainer`: detectron2's fp16 step with its gradient scaler, which also resumes
+from a checkpoint saved without AMP (no ``grad_scaler`` state: the scaler starts afresh).
+The reverse needs nothing: a checkpoint of an AMP run loaded by a trainer without AMP (or by
+:class:`CPUAMPTrainer`, which has no scaler) leaves its ``grad_scaler`` entry unread, as
+detectron2's ``SimpleTrainer.load_state_dict`` reads only the keys it knows.
 
 A CPU that cannot run bf16 convolutions (:mod:`pointrend_sem.capabilities`: below AVX-512, or
 oneDNN off) refuses ``SOLVER.AMP.ENABLED`` with one line; one that only emulates bf16 trains
@@ -42,6 +48,30 @@ class CPUAMPTrainer(SimpleTrainer):
             super().run_step()
 
 
+class ResumableAMPTrainer(AMPTrainer):
+    """detectron2's :class:`AMPTrainer` (CUDA, fp16 autocast with a gradient scaler) that also
+    resumes from a checkpoint saved without ``SOLVER.AMP.ENABLED``, where detectron2's
+    ``load_state_dict`` fails with ``KeyError: 'grad_scaler'``."""
+
+    def __init__(self, model, data_loader, optimizer, grad_scaler=None, **kwargs):
+        """As :class:`AMPTrainer`; without ``grad_scaler``, a new ``torch.amp.GradScaler("cuda")``
+        (detectron2 builds the deprecated ``torch.cuda.amp.GradScaler``)."""
+        if grad_scaler is None:
+            grad_scaler = torch.amp.GradScaler("cuda")
+        super().__init__(model, data_loader, optimizer, grad_scaler=grad_scaler, **kwargs)
+
+    def load_state_dict(self, state_dict):
+        if "grad_scaler" in state_dict:
+            super().load_state_dict(state_dict)
+            return
+        SimpleTrainer.load_state_dict(self, state_dict)  # iteration, hooks, optimizer
+        logger.info(
+            "The checkpoint has no gradient scaler state (saved without SOLVER.AMP.ENABLED): "
+            "the scaler starts afresh, and its first steps may be skipped while it finds its "
+            "scale, as at the start of an AMP run."
+        )
+
+
 def on_cpu(model) -> bool:
     """Whether ``model`` (or the module a DistributedDataParallel wraps) is on the CPU."""
     param = next(model.parameters(), None)
@@ -49,13 +79,18 @@ def on_cpu(model) -> bool:
 
 
 def adapt_step_trainer(trainer):
-    """``trainer``, or a :class:`CPUAMPTrainer` over the same model, data loader and optimizer
-    when it is an :class:`AMPTrainer` of a CPU model."""
-    if isinstance(trainer, AMPTrainer) and on_cpu(trainer.model):
+    """``trainer``, unless it is a plain :class:`AMPTrainer`: then a :class:`CPUAMPTrainer`
+    (CPU model) or a :class:`ResumableAMPTrainer` (CUDA model, same gradient scaler) over the
+    same model, data loader and optimizer."""
+    if not isinstance(trainer, AMPTrainer) or isinstance(trainer, ResumableAMPTrainer):
+        return trainer
+    if on_cpu(trainer.model):
         check_cpu_amp()
         logger.info("SOLVER.AMP.ENABLED on CPU: bf16 autocast without a gradient scaler.")
         return CPUAMPTrainer(trainer.model, trainer.data_loader, trainer.optimizer)
-    return trainer
+    return ResumableAMPTrainer(
+        trainer.model, trainer.data_loader, trainer.optimizer, grad_scaler=trainer.grad_scaler
+    )
 
 
 def check_cpu_amp() -> None:

@@ -28,9 +28,11 @@ from detectron2.evaluation import (
     inference_on_dataset,
     print_csv_format,
 )
+from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
+from torch import nn
 
 from ..checkpoint import PointRendSemCheckpointer
 from ..data import SemSegDatasetMapper
@@ -69,21 +71,23 @@ class Trainer(CPUAMPTrainerMixin, DefaultTrainer):  # SOLVER.AMP.ENABLED on CPU:
         """As :class:`DefaultTrainer`, with checkpoints written atomically
         (:func:`make_writes_atomic`: a run killed mid-save resumes from the last complete one).
 
-        Several processes on CPU (gloo) take :meth:`_init_for_cpu_processes`: detectron2's
-        ``create_ddp_model``, called inside ``DefaultTrainer.__init__`` with no way to pass it
-        arguments, gives DistributedDataParallel ``device_ids=[local rank]``, which torch
-        refuses for a CPU model.
+        Several processes take :meth:`_init_for_processes`: detectron2's ``create_ddp_model``,
+        called inside ``DefaultTrainer.__init__`` with no way to pass it arguments, gives
+        DistributedDataParallel ``device_ids=[local rank]``, which torch refuses for a CPU model,
+        and ``broadcast_buffers=False``, which lets plain BatchNorm statistics drift apart
+        between processes (:func:`ddp_arguments`).
         """
-        if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
-            self._init_for_cpu_processes(cfg)
+        if comm.get_world_size() > 1:
+            self._init_for_processes(cfg)
         else:
             super().__init__(cfg)
         make_writes_atomic(self.checkpointer)
 
-    def _init_for_cpu_processes(self, cfg) -> None:
+    def _init_for_processes(self, cfg) -> None:
         """``DefaultTrainer.__init__`` (detectron2 v0.6, engine/defaults.py) step for step, but for
-        ``device_ids=None`` given to DistributedDataParallel. No public hook replaces this: keep
-        it in step with the installed detectron2 (tests/test_distributed.py runs it)."""
+        the arguments given to DistributedDataParallel (:func:`ddp_arguments`). No public hook
+        replaces this: keep it in step with the installed detectron2 (tests/test_distributed.py
+        runs it)."""
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -91,7 +95,9 @@ class Trainer(CPUAMPTrainerMixin, DefaultTrainer):  # SOLVER.AMP.ENABLED on CPU:
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)
+        model = create_ddp_model(
+            model, **ddp_arguments(model, cfg.MODEL.DEVICE, comm.get_world_size())
+        )
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer
         )
@@ -208,6 +214,52 @@ class Trainer(CPUAMPTrainerMixin, DefaultTrainer):  # SOLVER.AMP.ENABLED on CPU:
         if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR":
             return build_poly_lr_scheduler(cfg, optimizer)
         return super().build_lr_scheduler(cfg, optimizer)
+
+
+def per_process_batch_norms(model: nn.Module) -> List[str]:
+    """Names of the BatchNorm layers of ``model`` whose running statistics each process updates
+    from its own batches alone: torch's ``BatchNorm1d/2d/3d`` with ``track_running_stats``, but
+    not ``SyncBatchNorm`` or detectron2's ``NaiveSyncBatchNorm`` (statistics of the global batch,
+    the same in every process) nor ``FrozenBatchNorm2d`` (never updated)."""
+    plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, plain)
+        and not isinstance(module, NaiveSyncBatchNorm)
+        and module.track_running_stats
+    ]
+
+
+def broadcast_buffers(model: nn.Module, world_size: int) -> bool:
+    """Whether DistributedDataParallel over ``model`` in ``world_size`` processes should
+    broadcast rank 0's buffers: when the model has plain BatchNorm layers
+    (:func:`per_process_batch_norms`) and there are several processes. Otherwise each process
+    keeps running statistics of its own batches; evaluation then scores each process's shard
+    with a different model, and only rank 0's is saved. Logs one line when it broadcasts."""
+    names = per_process_batch_norms(model)
+    if world_size <= 1 or not names:
+        return False
+    logging.getLogger(__name__).info(
+        f"{len(names)} plain BatchNorm layers (e.g. {names[0]}) in {world_size} processes: "
+        "DistributedDataParallel broadcasts rank 0's running statistics at each training forward, "
+        "so that every process evaluates and saves the same model. The recipes use SyncBN "
+        "(statistics of the global batch), as detectron2's DeepLab does."
+    )
+    return True
+
+
+def ddp_arguments(model: nn.Module, device: str, world_size: int) -> Dict:
+    """Keyword arguments for detectron2's ``create_ddp_model`` over ``model`` on ``device``
+    (``cfg.MODEL.DEVICE``) in ``world_size`` processes: DefaultTrainer's, except
+    ``device_ids=None`` on CPU and rank 0's buffers broadcast where :func:`broadcast_buffers`
+    says so."""
+    kwargs = {"device_ids": None} if torch.device(device).type == "cpu" else {}
+    if not broadcast_buffers(model, world_size):
+        kwargs["broadcast_buffers"] = False  # DefaultTrainer's choice: buffers stay per process
+    # else DistributedDataParallel's default, which broadcasts (not passed: newer torch deprecates
+    # broadcast_buffers for forward_sync_buffers, which older torch lacks)
+    return kwargs
 
 
 def with_suffix(results: Dict, suffix: str) -> Dict:

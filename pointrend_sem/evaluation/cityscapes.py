@@ -45,7 +45,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from PIL import Image
 
-from .sem_seg import KeyedSemSegEvaluator
+from .sem_seg import KeyedSemSegEvaluator, predicted_classes
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 SUBMISSION_FOLDER = "cityscapes_submission"
@@ -77,9 +77,10 @@ def cityscapes_image_id(file_name: str) -> Tuple[str, str]:
     return stem.split("_")[0], stem
 
 
-def _save_label_ids(sem_seg, path: str) -> None:
-    """Save the argmax of a (C, H, W) score tensor as an (H, W) uint8 labelId PNG."""
-    train_ids = sem_seg.argmax(dim=0).cpu().numpy()
+def _save_label_ids(output: dict, path: str) -> None:
+    """Save the argmax of an output's (C, H, W) "sem_seg" scores as an (H, W) uint8 labelId
+    PNG."""
+    train_ids = predicted_classes(output)
     Image.fromarray(train_ids_to_label_ids(train_ids)).save(path)
 
 
@@ -180,7 +181,7 @@ class CityscapesOfficialSemSegEvaluator(_CityscapesFilesEvaluator):
         for inp, out in zip(inputs, outputs):
             city, image_id = cityscapes_image_id(inp["file_name"])
             prediction = os.path.join(self._temp_dir, image_id + IMAGE_SUFFIX)
-            _save_label_ids(out["sem_seg"], prediction)
+            _save_label_ids(out, prediction)
             gt = os.path.join(self._gt_dir, city, image_id + "_gtFine_labelIds.png")
             self._pairs.append((prediction, gt))
 
@@ -221,7 +222,7 @@ class CityscapesSubmissionWriter(_CityscapesFilesEvaluator):
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             _, image_id = cityscapes_image_id(inp["file_name"])
-            _save_label_ids(out["sem_seg"], os.path.join(self._folder, image_id + IMAGE_SUFFIX))
+            _save_label_ids(out, os.path.join(self._folder, image_id + IMAGE_SUFFIX))
             self._num_written += 1
 
     def evaluate(self):

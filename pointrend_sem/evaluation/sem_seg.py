@@ -20,6 +20,17 @@ from .boundary_iou import (
 DETECTRON2_BOUNDARY_KEYS = ("BoundaryIoU-", "min(IoU, B-Iou)-")
 
 
+def predicted_classes(output: dict, key: str = "sem_seg") -> np.ndarray:
+    """The (H, W) int64 class map (argmax) of ``output[key]``, a (C, H, W) score tensor on any
+    device, as a numpy array. Computed and copied to the CPU once per output: the evaluators
+    that read the same outputs (mIoU and boundary IoU, Cityscapes' official files) share it
+    through ``output``, under a key of its own."""
+    cached = f"_{key}_classes"
+    if cached not in output:
+        output[cached] = output[key].argmax(dim=0).cpu().numpy()
+    return output[cached]
+
+
 class KeyedSemSegEvaluator(SemSegEvaluator):
     """detectron2's :class:`SemSegEvaluator` reading any output key and reporting under any
     result key, with a per-class boundary IoU (Cheng et al., CVPR 2021) in place of detectron2's.
@@ -88,7 +99,7 @@ class KeyedSemSegEvaluator(SemSegEvaluator):
             outputs: dicts holding ``output_key``, a (C, H, W) score tensor each.
         """
         for inp, out in zip(inputs, outputs):
-            pred = out[self._output_key].argmax(dim=0).to(self._cpu_device).numpy()
+            pred = predicted_classes(out, self._output_key)
             gt_file = self.input_file_to_gt_file[inp["file_name"]]
             gt = self.sem_seg_loading_fn(gt_file, dtype=int)
             try:

@@ -13,7 +13,10 @@ model's own ``pad_images``), the fraction of it the image covers, the points per
 
 :func:`export_model` writes the graph as ONNX (``torch.onnx.export(..., dynamo=True)``), as a
 ``torch.export`` ExportedProgram (``.pt2``), or as an AOTInductor package (``.pt2``), with a
-JSON sidecar ``PATH.json`` that :mod:`.runner` reads.
+JSON sidecar ``PATH.json`` that :mod:`.runner` reads. The graph is traced on the model's device,
+which the sidecar records ("device"); a ``.pt2`` ExportedProgram is saved with its weights on CPU
+(``move_to_device_pass``) so that it loads on any machine, an AOTInductor package is compiled for
+that device, an ONNX graph holds no device.
 
 Shape shorthand: H x W: the export size, H_p x W_p: H x W padded to the backbone's size
 divisibility, C: the model's output channels (max(classes, 2)).
@@ -27,6 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
+from torch.export.passes import move_to_device_pass
 from torch.nn import functional as F
 
 from ..capabilities import cpp_compiler
@@ -175,9 +179,10 @@ def sidecar_path(path: str) -> str:
     return path + SIDECAR_SUFFIX
 
 
-def sidecar(cfg, fmt: str, height: int, width: int) -> Dict[str, Any]:
+def sidecar(cfg, fmt: str, height: int, width: int, device: str = "cpu") -> Dict[str, Any]:
     """What :mod:`.runner` needs to run an exported file like
-    :class:`~pointrend_sem.predictor.SemSegPredictor`."""
+    :class:`~pointrend_sem.predictor.SemSegPredictor`; ``device``: the device type the graph
+    was traced on ("cpu", "cuda"), where the runner runs it by default."""
     return {
         "format": fmt,
         "input_name": INPUT_NAME,
@@ -187,13 +192,16 @@ def sidecar(cfg, fmt: str, height: int, width: int) -> Dict[str, Any]:
         "width": int(width),
         "num_outputs": num_output_channels(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
         "resize_backend": cfg.INPUT.RESIZE_BACKEND,
+        "device": torch.device(device).type,
         "torch_version": torch.__version__,
     }
 
 
 def export_graph(module: ExportableSegmentor, example: torch.Tensor, fmt: str, path: str) -> None:
-    """Write ``module`` traced on ``example`` (1, 3, H, W) to ``path`` in format ``fmt``
-    (one of :data:`FORMATS`)."""
+    """Write ``module`` traced on ``example`` (1, 3, H, W), on the module's device, to ``path``
+    in format ``fmt`` (one of :data:`FORMATS`). A "pt2" ExportedProgram is saved with its weights
+    moved to CPU (``torch.export.load`` has no ``map_location``: CUDA weights would need CUDA to
+    load); :mod:`.runner` moves it to the sidecar's device."""
     if fmt not in FORMATS:
         raise ValueError(f"Unknown export format {fmt!r}; choose one of {list(FORMATS)}.")
     if fmt == "aoti" and cpp_compiler() is None:
@@ -218,6 +226,8 @@ def export_graph(module: ExportableSegmentor, example: torch.Tensor, fmt: str, p
             return
         exported = torch.export.export(module, (example,))
         if fmt == "pt2":
+            if example.device.type != "cpu":
+                exported = move_to_device_pass(exported, "cpu")
             torch.export.save(exported, path)
         else:
             torch._inductor.aoti_compile_and_package(exported, package_path=path)
@@ -226,18 +236,20 @@ def export_graph(module: ExportableSegmentor, example: torch.Tensor, fmt: str, p
 def export_model(
     cfg, model: nn.Module, fmt: str, height: int, width: int, path: str
 ) -> ExportableSegmentor:
-    """Export ``model`` (built from ``cfg``, weights loaded) at H x W to ``path`` in format
-    ``fmt`` and write the sidecar ``PATH.json``; return the exported module (for checks).
+    """Export ``model`` (built from ``cfg``, weights loaded) at H x W, traced on its device, to
+    ``path`` in format ``fmt`` and write the sidecar ``PATH.json`` (which records that device);
+    return the exported module (for checks).
 
     Raises:
         UnsupportedExportOption: see :func:`check_exportable`.
     """
     check_exportable(cfg)
     module = ExportableSegmentor(model, height, width).eval()
-    example = torch.zeros(1, 3, height, width, dtype=torch.float32, device=module.model.device)
+    device = torch.device(module.model.device)
+    example = torch.zeros(1, 3, height, width, dtype=torch.float32, device=device)
     export_graph(module, example, fmt, path)
     with open(sidecar_path(path), "w") as f:
-        json.dump(sidecar(cfg, fmt, height, width), f, indent=2)
+        json.dump(sidecar(cfg, fmt, height, width, device.type), f, indent=2)
     return module
 
 

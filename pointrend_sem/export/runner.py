@@ -19,12 +19,22 @@ images of another aspect ratio are stretched to H x W.
 
 The sidecar ``PATH.json`` written by the exporter holds what is needed: "format" ("onnx",
 "pt2": a ``torch.export`` ExportedProgram, "aoti": an AOTInductor package), "input_format"
-("RGB"/"BGR"), "height", "width", "num_outputs" (C) and "resize_backend".
+("RGB"/"BGR"), "height", "width", "num_outputs" (C), "resize_backend" and "device" ("cpu" or
+"cuda": the device the graph was traced for; a sidecar without it means "cpu").
+
+Devices (:func:`resolve_device`): an ``.onnx`` graph holds no device and runs with onnxruntime on
+CPU. A ``.pt2`` ExportedProgram is saved with its weights on CPU whatever the device it was traced
+for, so it loads anywhere; it runs on the sidecar's "device" (or the ``device`` asked for),
+moved there by ``torch.export.passes.move_to_device_pass``, and on CPU where CUDA is not
+available. An AOTInductor package is compiled code for the device it was exported for and runs
+only there. Inputs are moved to the graph's device, scores come back on CPU.
 """
 
 import json
 import os
-from typing import Any, Callable, Dict
+import warnings
+import zipfile
+from typing import Any, Callable, Dict, Optional
 
 import cv2
 import numpy as np
@@ -50,30 +60,136 @@ def read_sidecar(path: str) -> Dict[str, Any]:
         return json.load(f)
 
 
-def load_graph(path: str, fmt: str) -> Callable[[np.ndarray], np.ndarray]:
-    """A function (1, 3, H, W) float32 array -> (1, C, H, W) float32 scores running the exported
-    file ``path`` of format ``fmt`` ("onnx" with onnxruntime on CPU, "pt2" with
-    ``torch.export.load``, "aoti" with ``torch._inductor.aoti_load_package``)."""
+def resolve_device(
+    fmt: str, traced: str = "cpu", device: Optional[str] = None, path: str = "the graph"
+) -> str:
+    """The device a graph of format ``fmt`` traced for ``traced`` (the sidecar's "device") runs
+    on when ``device`` is asked for (None: ``traced``): "cpu" for "onnx" (onnxruntime on CPU);
+    ``device`` or ``traced`` for "pt2", CPU (with a warning) when that is CUDA and CUDA is not
+    available; ``traced`` for "aoti" (compiled code for that device).
+
+    Raises:
+        ValueError: a device the graph cannot run on, e.g. ``device="cuda"`` without CUDA, an
+            AOTInductor package of another device, or "onnx" on another device than CPU.
+    """
+    traced_type = torch.device(traced).type
+    wanted = torch.device(device if device is not None else traced)
+    if fmt == "onnx":
+        if device is not None and wanted.type != "cpu":
+            raise ValueError(
+                f"{path} is run with onnxruntime on CPU here; ask for device 'cpu', not {device!r}."
+            )
+        return "cpu"
+    if fmt == "aoti" and wanted.type != traced_type:
+        raise ValueError(
+            f"{path} is an AOTInductor package compiled for {traced_type}, it runs only there: "
+            f"ask for device {traced_type!r}, or export it again with --device {wanted.type}."
+        )
+    if wanted.type == "cuda" and not torch.cuda.is_available():
+        if fmt == "aoti":
+            raise ValueError(
+                f"{path} is an AOTInductor package compiled for cuda and CUDA is not available "
+                "here: export it again with --device cpu."
+            )
+        if device is not None:
+            raise ValueError(
+                f"device {device!r} asked for {path}, but CUDA is not available here: run it "
+                "on device 'cpu'."
+            )
+        warnings.warn(
+            f"{path} was exported for {traced_type} and CUDA is not available here: it runs on "
+            "CPU.",
+            stacklevel=3,
+        )
+        return "cpu"
+    return str(wanted)
+
+
+def _traced_device(path: str) -> str:
+    """The sidecar's "device" of ``path``; "cpu" when there is no sidecar or it has no "device"
+    (files exported before it was recorded were traced on CPU or hold CUDA weights, see
+    :func:`load_graph`)."""
+    if not os.path.isfile(path + SIDECAR_SUFFIX):
+        return "cpu"
+    return str(read_sidecar(path).get("device", "cpu"))
+
+
+def _holds_cuda_tensors(path: str) -> bool:
+    """Whether the ``torch.export.save`` archive ``path`` records weights or constants on CUDA
+    (read from its payload configs, without loading it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(
+                b'"type": "cuda"' in archive.read(name)
+                for name in archive.namelist()
+                if name.endswith(("_weights_config.json", "_constants_config.json"))
+            )
+    except (OSError, zipfile.BadZipFile):
+        return False  # torch.export.load says what is wrong
+
+
+def _load_program(path: str, device: str) -> Callable[..., Any]:
+    """``torch.export.load(path)``, moved to ``device``, as a callable module.
+
+    Raises:
+        ValueError: ``path`` holds CUDA weights and CUDA is not available (``torch.export.load``
+            has no ``map_location``: it cannot load them).
+    """
+    if not torch.cuda.is_available() and _holds_cuda_tensors(path):
+        raise ValueError(
+            f"{path} holds weights saved on a GPU, and torch.export.load needs CUDA to load "
+            "them, which is not available here: export it again with --device cpu."
+        )
+    program = torch.export.load(path)
+    if device != "cpu" or any(t.device.type != "cpu" for t in program.state_dict.values()):
+        from torch.export.passes import move_to_device_pass
+
+        program = move_to_device_pass(program, device)
+    return program.module()
+
+
+def load_graph(
+    path: str, fmt: str, device: Optional[str] = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A function (1, 3, H, W) float32 array -> (1, C, H, W) float32 scores (on CPU) running the
+    exported file ``path`` of format ``fmt`` ("onnx" with onnxruntime on CPU, "pt2" with
+    ``torch.export.load``, "aoti" with ``torch._inductor.aoti_load_package``) on ``device``
+    (None: the device of the sidecar ``PATH.json``, else CPU), as :func:`resolve_device`
+    settles it; the function's ``device`` attribute says which.
+
+    Raises:
+        ValueError: an unknown format, or a device the graph cannot run on.
+    """
+    if fmt not in ("onnx", "pt2", "aoti"):
+        raise ValueError(f"Unknown exported format {fmt!r} in {path}{SIDECAR_SUFFIX}.")
+    target = resolve_device(fmt, _traced_device(path), device, path)
     if fmt == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return lambda image: session.run(None, {name: image})[0]
+
+        def run_onnx(image: np.ndarray) -> np.ndarray:
+            return session.run(None, {name: image})[0]
+
+        run_onnx.device = target
+        return run_onnx
     if fmt == "pt2":
-        module = torch.export.load(path).module()
-    elif fmt == "aoti":
-        module = torch._inductor.aoti_load_package(path)
+        module = _load_program(path, target)
     else:
-        raise ValueError(f"Unknown exported format {fmt!r} in {path}{SIDECAR_SUFFIX}.")
+        index = torch.device(target).index
+        module = torch._inductor.aoti_load_package(
+            path, device_index=-1 if index is None else index
+        )
 
     def run(image: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            out = module(torch.from_numpy(image))
+            out = module(torch.from_numpy(image).to(target))
         if isinstance(out, (list, tuple)):
             out = out[0]
-        return out.numpy()
+        return out.cpu().numpy()
 
+    run.device = target
     return run
 
 
@@ -93,16 +209,20 @@ class ExportedPredictor:
     """An exported model, one BGR image in, its scores at the image's size out, like
     :class:`pointrend_sem.predictor.SemSegPredictor`."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, device: Optional[str] = None):
         """
         Args:
             path: an exported file with its sidecar ``PATH.json``.
+            device: where the graph runs ("cpu", "cuda"); None: the sidecar's "device" (CPU for
+                ``.onnx``, and for a ``.pt2`` where CUDA is not available), see
+                :func:`resolve_device`.
         """
         self.path = path
         self.info = read_sidecar(path)
         self.height, self.width = int(self.info["height"]), int(self.info["width"])
         self.input_format = self.info["input_format"]
-        self.run_graph = load_graph(path, self.info["format"])
+        self.run_graph = load_graph(path, self.info["format"], device)
+        self.device: str = self.run_graph.device
 
     def model_input(self, image_bgr: np.ndarray) -> np.ndarray:
         """(h, w, 3) uint8 BGR -> the graph's (1, 3, H, W) float32 input, in the input format,

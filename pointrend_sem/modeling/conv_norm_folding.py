@@ -106,6 +106,13 @@ class _FoldedWeights:
         return weight, bias
 
 
+def release_folded_weights(model: nn.Module) -> None:
+    """Drop the cached folded weights of every norm-folded layer of ``model`` (rebuilt at the
+    next inference)."""
+    for module in model.modules():
+        module.__dict__.pop("_folded_cache", None)
+
+
 class NormFoldedConv2d(_FoldedWeights, Conv2d):
     """detectron2's :class:`Conv2d` that, in inference (eval mode, no autograd), runs conv and
     norm as one convolution with folded weights."""

@@ -18,12 +18,21 @@ from torch.nn import functional as F
 
 from ..capabilities import fused_conv_runs
 from .binary import as_two_channels
-from .conv_norm_folding import fold_norms_in_inference
-from .precision import PRECISIONS, InferenceCopy, resolve_precision
+from .conv_norm_folding import fold_norms_in_inference, release_folded_weights
+from .precision import PRECISIONS, InferenceCopy, fp32_math, resolve_precision
 from .subdivision_trace import SubdivisionTrace
 
 # TEST.OUTPUT_RESIZE values, see postprocess_logits
 OUTPUT_RESIZES = ("via_input", "direct")
+
+
+def release_inference_caches(model: nn.Module) -> None:
+    """Drop what inference caches on ``model``: its inference copies (:mod:`.precision`) and the
+    folded weights of its norm-folded layers (:mod:`.conv_norm_folding`)."""
+    copies = getattr(model, "_inference_copies", None)
+    if copies:
+        copies.clear()
+    release_folded_weights(model)
 
 
 def postprocess_logits(
@@ -200,6 +209,16 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         self.precision = precision
         self._inference_copies: Dict[str, InferenceCopy] = {}
 
+    def train(self, mode: bool = True):
+        """As ``nn.Module.train``; back in training mode (after an evaluation during training:
+        detectron2's ``inference_context`` restores it), the inference caches are released: the
+        reduced-precision / fused copies of the backbone and coarse head and the folded weights
+        of ``MODEL.FOLD_NORMS``. Training would make them stale anyway, and on a GPU they would
+        hold memory for the rest of the run; the next inference rebuilds them."""
+        if mode:
+            release_inference_caches(self)
+        return super().train(mode)
+
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
@@ -333,12 +352,14 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
                 "A SubdivisionTrace records one whole-image prediction: pass a new one, and set "
                 "TEST.SLIDING_WINDOW.ENABLED False to trace a sliding-window model."
             )
-        if self.sliding_window is None:
-            predictions = self._predict_whole(normalized, output_sizes, trace)
-        else:
-            predictions = [
-                self._predict_sliding(image, size) for image, size in zip(normalized, output_sizes)
-            ]
+        with fp32_math(self.precision, self.device):  # IEEE fp32 on a GPU unless "tf32"
+            if self.sliding_window is None:
+                predictions = self._predict_whole(normalized, output_sizes, trace)
+            else:
+                predictions = [
+                    self._predict_sliding(image, size)
+                    for image, size in zip(normalized, output_sizes)
+                ]
         return [
             {key: as_two_channels(logits, dim=0) for key, logits in prediction.items()}
             for prediction in predictions

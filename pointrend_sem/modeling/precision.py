@@ -28,16 +28,23 @@ its folded convolutions run fused with the ReLU or residual sum after them
 (:mod:`.onednn_fusion`), which saves a pass over every feature map they write.
 """
 
+import contextlib
 import copy
 import functools
 import logging
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
 
-from ..capabilities import DTYPE_NAMES, fused_conv_runs, onednn_enabled, precision_support
+from ..capabilities import (
+    DTYPE_NAMES,
+    cuda_has_ampere_math,
+    fused_conv_runs,
+    onednn_enabled,
+    precision_support,
+)
 from ..errors import UserValueError
 from .conv_norm_folding import _BATCH_NORMS, _is_foldable, fold_norm_into
 from .onednn_fusion import fuse_relu_convs_
@@ -45,7 +52,13 @@ from .onednn_fusion import fuse_relu_convs_
 logger = logging.getLogger(__name__)
 
 # TEST.PRECISION values and the dtype each runs the backbone and coarse head in (None: fp32)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": None}
+PRECISIONS = {
+    "fp32": None,
+    "tf32": None,  # fp32 tensors; CUDA's convolutions and matmuls may use TF32 (see fp32_math)
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "auto": None,
+}
 
 
 def resolve_precision(precision: str, device) -> Optional[torch.dtype]:
@@ -56,7 +69,8 @@ def resolve_precision(precision: str, device) -> Optional[torch.dtype]:
       CUDA GPU with bf16), fp32 elsewhere; its choice is logged once per device;
     * "bf16" / "fp16" where oneDNN only emulates it (slower than fp32): runs, with a warning
       once per device;
-    * "bf16" / "fp16" where the device cannot run it: refused.
+    * "bf16" / "fp16" where the device cannot run it: refused;
+    * "tf32": a CUDA GPU with compute capability 8.0 or later only (:func:`fp32_math`).
 
     Raises:
         UserValueError: an unknown precision, or one the device cannot run (naming what it
@@ -68,10 +82,44 @@ def resolve_precision(precision: str, device) -> Optional[torch.dtype]:
     # the answers depend on oneDNN's switch too (a test may turn it off)
     if precision == "auto":
         return _auto_precision(device_type, onednn_enabled())
+    if precision == "tf32" and not (device_type == "cuda" and cuda_has_ampere_math()):
+        raise UserValueError(
+            "TEST.PRECISION tf32 is a mode of CUDA GPUs with compute capability 8.0 or later "
+            f"(TF32 units), which this {device_type.upper()} is not: use TEST.PRECISION fp32."
+        )
     dtype = PRECISIONS[precision]
     if dtype is not None:
         _check_runs(precision, device_type, onednn_enabled())
     return dtype
+
+
+# the fp32 matmul/convolution modes of torch's CUDA backends (torch >= 2.9's API), set together
+_CUDA_FP32_BACKENDS = ("cudnn.conv", "cudnn.rnn", "cuda.matmul")
+
+
+@contextlib.contextmanager
+def fp32_math(precision: str, device) -> Iterator[None]:
+    """Inside the block, fp32 on a CUDA device is what ``precision`` says: IEEE fp32 for "fp32"
+    (and the fp32 parts of every other precision), TF32 for "tf32". cuDNN convolutions run in
+    TF32 by default on Ampere and later GPUs (10 bits of mantissa instead of 23), so without
+    this, ``TEST.PRECISION fp32`` would not be fp32 there. Restored after the block; does nothing
+    on other devices."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    mode = "tf32" if precision == "tf32" else "ieee"
+    backends = [
+        getattr(getattr(torch.backends, first), second)
+        for first, second in (name.split(".") for name in _CUDA_FP32_BACKENDS)
+    ]
+    saved = [backend.fp32_precision for backend in backends]
+    try:
+        for backend in backends:
+            backend.fp32_precision = mode
+        yield
+    finally:
+        for backend, value in zip(backends, saved):
+            backend.fp32_precision = value
 
 
 @functools.lru_cache(maxsize=None)

@@ -2,11 +2,12 @@
 
 The exported file runs as :mod:`pointrend_sem.export.runner` runs it (onnxruntime on CPU for
 ``.onnx``, ``torch.export.load`` for a ``.pt2`` ExportedProgram, ``aoti_load_package`` for an
-AOTInductor package), on the benchmark image as the graph's (1, 3, H, W) float32 input, once per
-image of the batch. It takes the place of the reference of ``--compare``: the table's
-"reference" columns are the exported file's, "time_ratio" is PyTorch / exported, "agreement"
-the fraction of pixels of the same class (the same checkpoint must be in both: pass it to
---weights).
+AOTInductor package; the last two on the sidecar's "device", a ``.pt2`` on CPU where CUDA is
+absent; scores brought back to CPU), on the benchmark image as the graph's (1, 3, H, W)
+float32 input, once per image of the batch. It takes the place of the reference of
+``--compare``: the table's "reference" columns are the exported file's, "time_ratio" is
+PyTorch / exported, "agreement" the fraction of pixels of the same class (the same checkpoint
+must be in both: pass it to --weights).
 """
 
 from typing import List

@@ -163,13 +163,16 @@ def build_mmseg_pointrend(**kwargs) -> torch.nn.Module:
 
 @torch.no_grad()
 def mmseg_logits(model: torch.nn.Module, images: List[torch.Tensor]) -> List[torch.Tensor]:
-    """mmsegmentation's whole-image inference on RGB images, each (3, H, W) 0..255.
+    """mmsegmentation's whole-image inference on RGB images, each (3, H, W) 0..255, copied to
+    the model's device.
 
     Returns:
-        per image, (C, H, W) logits at the image's size (before argmax).
+        per image, (C, H, W) logits at the image's size (before argmax), on the model's device.
     """
+    device = next(model.parameters()).device
     outputs = []
     for image in images:
+        image = image.to(device)
         mean = torch.tensor(MMSEG_MEAN, device=image.device).view(3, 1, 1)
         std = torch.tensor(MMSEG_STD, device=image.device).view(3, 1, 1)
         size = tuple(image.shape[-2:])

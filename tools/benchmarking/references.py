@@ -58,7 +58,8 @@ def detectron2_reference(cfg, weights: str, seed: int) -> Tuple[nn.Module, str]:
 
 def mmseg_reference(cfg, weights: str, seed: int) -> nn.Module:
     """mmsegmentation's PointRend sized like ``cfg`` (BN), with ``weights`` (an mmseg
-    checkpoint) or random weights (random normalization statistics included), on CPU."""
+    checkpoint) or random weights (random normalization statistics included), on the CPU
+    (:func:`build_reference` moves it to ``MODEL.DEVICE``)."""
     from .reference_models import build_mmseg_pointrend
 
     steps = cfg.MODEL.POINTREND_SEM.SUBDIVISION_STEPS
@@ -105,7 +106,8 @@ def load_reference_weights(kind: str, reference: nn.Module, ours: nn.Module) -> 
 
 
 def build_reference(kind: str, cfg, ours: nn.Module, image_rgb: torch.Tensor, args) -> Contender:
-    """The reference model of ``kind`` as a :class:`Contender`, its weights copied into ours.
+    """The reference model of ``kind`` as a :class:`Contender`, its weights copied into ours,
+    on ours' device (``cfg.MODEL.DEVICE``).
 
     ``args``: the command line's ``weights``, ``seed`` and ``batch_size``.
     """
@@ -117,10 +119,12 @@ def build_reference(kind: str, cfg, ours: nn.Module, image_rgb: torch.Tensor, ar
 
     from .reference_models import mmseg_logits
 
-    if cfg.MODEL.DEVICE != "cpu":
-        raise SystemExit("--compare mmseg runs on CPU (mmseg_logits normalizes on the CPU).")
+    # mmsegmentation's PointRend is plain PyTorch (the mmcv.ops shim's point_sample is
+    # grid_sample): it runs on our device; like ours and detectron2's, it takes the image from
+    # host memory at each pass (mmseg_logits copies it to the model's device)
     reference = mmseg_reference(cfg, args.weights, args.seed)
     load_reference_weights(kind, reference, ours)
+    reference.to(cfg.MODEL.DEVICE)
     images = [image_rgb] * args.batch_size
     return Contender(
         "reference",

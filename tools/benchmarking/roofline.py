@@ -67,16 +67,19 @@ def measure_ceilings(device: str, repeats: int = 5, scale: float = 1.0) -> Dict[
     """The machine's achievable FLOP/s per dtype, "ceiling_<dtype>_matmul_gflops" and
     "ceiling_<dtype>_conv_gflops" for fp32 and bf16: the fastest of ``repeats`` runs of a
     ``MATMUL_SIZE`` square matmul and of a 3x3 conv of ``CONV_SHAPE``. ``scale`` < 1 shrinks
-    both workloads (tests). A dtype the device cannot run (:mod:`pointrend_sem.capabilities`)
-    is not measured: "ceiling_<dtype>_skipped" says why."""
+    both workloads (tests). On CUDA "fp32" is IEEE fp32, not TF32. A dtype the device cannot
+    run (:mod:`pointrend_sem.capabilities`) is not measured: "ceiling_<dtype>_skipped" says
+    why."""
     from pointrend_sem.capabilities import precision_support
+    from pointrend_sem.modeling.precision import fp32_math
 
     gen = torch.Generator().manual_seed(0)
     size = max(int(MATMUL_SIZE * scale), 16)
     n, channels, height, width = CONV_SHAPE
     height, width = max(int(height * scale), 8), max(int(width * scale), 8)
     fields = {}
-    with torch.no_grad():
+    # fp32 is IEEE fp32 on a GPU too (cuDNN would take TF32 on Ampere+), as inference runs it
+    with torch.no_grad(), fp32_math("fp32", device):
         for name, dtype in DTYPES.items():
             support = precision_support(dtype, device)
             if not support.runs:

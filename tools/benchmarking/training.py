@@ -1,8 +1,9 @@
 """Training iteration time and the train loader's throughput."""
 
+import contextlib
 import sys
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.utils.events import EventStorage
@@ -23,15 +24,65 @@ def crop_size(cfg, height: int, width: int) -> Tuple[int, int]:
     return height, width
 
 
+def grad_scaler(device_type: str, amp: bool) -> Optional[torch.amp.GradScaler]:
+    """The gradient scaler of a training step: fp16 autocast on CUDA (``SOLVER.AMP.ENABLED``)
+    needs one, as detectron2's ``AMPTrainer`` runs it; None otherwise (fp32, or bf16 on CPU,
+    whose exponent range is fp32's)."""
+    return torch.amp.GradScaler("cuda") if amp and device_type == "cuda" else None
+
+
+def build_train_step(
+    model: nn.Module,
+    batch: List[Dict[str, Any]],
+    optimizer: torch.optim.Optimizer,
+    device_type: str,
+    amp_dtype: Optional[torch.dtype],
+    scaler: Optional[Any] = None,
+) -> Callable[[], None]:
+    """One training iteration on ``batch`` (forward, backward, optimizer step) as a function.
+
+    Without ``scaler``: the whole step under ``torch.autocast(device_type, amp_dtype)`` when
+    ``amp_dtype`` is given, as :class:`pointrend_sem.engine.amp.CPUAMPTrainer` runs it (bf16 on
+    CPU), or in fp32. With ``scaler`` (a ``torch.amp.GradScaler``): detectron2's
+    ``AMPTrainer.run_step``: the forward under autocast, then the loss scaled for backward,
+    ``scaler.step(optimizer)`` (unscales; skips the step on inf/NaN gradients) and
+    ``scaler.update()``.
+    """
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=amp_dtype)
+
+    def step() -> None:
+        with autocast():
+            losses = model(batch)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+
+    def scaled_step() -> None:
+        with autocast():
+            loss = sum(model(batch).values())
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step if scaler is None else scaled_step
+
+
 def measure_training(cfg, model: nn.Module, args) -> Dict[str, Any]:
     """Median/min/max time of a training iteration (forward, backward, optimizer step) on
-    --batch-size random images with random labels at the config's crop size, the step
-    under autocast when ``SOLVER.AMP.ENABLED``.
+    --batch-size random images with random labels at the config's crop size, with
+    ``SOLVER.AMP.ENABLED`` as the trainer runs it: bf16 autocast on CPU, fp16 autocast and a
+    gradient scaler on CUDA (:func:`build_train_step`).
 
     ``args``: the command line's ``height``, ``width``, ``batch_size``, ``seed``, ``warmup``
     and ``runs``. Updates ``model``'s weights: run it after the inference measurements.
     """
     device = cfg.MODEL.DEVICE
+    device_type = torch.device(device).type
     height, width = crop_size(cfg, args.height, args.width)
     gen = torch.Generator().manual_seed(args.seed)
     batch = [
@@ -46,19 +97,14 @@ def measure_training(cfg, model: nn.Module, args) -> Dict[str, Any]:
     optimizer = Trainer.build_optimizer(cfg, model)
     model.train()
 
-    # SOLVER.AMP.ENABLED: the step under autocast, as the trainer runs it (bf16 on CPU,
-    # pointrend_sem.engine.amp; fp16 on CUDA, whose gradient scaler does not change the time)
+    # SOLVER.AMP.ENABLED: the step as the trainer runs it (bf16 on CPU, pointrend_sem.engine.amp;
+    # fp16 with a gradient scaler on CUDA, detectron2's AMPTrainer)
     amp = cfg.SOLVER.AMP.ENABLED
-    amp_dtype = torch.bfloat16 if torch.device(device).type == "cpu" else torch.float16
-    if amp and amp_dtype == torch.bfloat16:
+    amp_dtype = (torch.bfloat16 if device_type == "cpu" else torch.float16) if amp else None
+    if amp_dtype == torch.bfloat16:
         check_cpu_amp()  # refused (one line) where the CPU cannot run bf16
-
-    def step():
-        with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp):
-            losses = model(batch)
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
+    scaler = grad_scaler(device_type, amp)
+    step = build_train_step(model, batch, optimizer, device_type, amp_dtype, scaler)
 
     seconds = []
     with EventStorage():
@@ -67,8 +113,13 @@ def measure_training(cfg, model: nn.Module, args) -> Dict[str, Any]:
             if index >= args.warmup:
                 seconds.append(elapsed)
     fields = {k.replace("latency", "train_iter"): v for k, v in latency_fields("", seconds).items()}
-    precision = ("bf16" if amp_dtype == torch.bfloat16 else "fp16") if amp else "fp32"
-    return {"train_crop": f"{height}x{width}", "train_precision": precision, **fields}
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    return {
+        "train_crop": f"{height}x{width}",
+        "train_precision": precision,
+        "train_grad_scaler": scaler is not None,
+        **fields,
+    }
 
 
 def measure_data_loader(cfg, num_batches: int) -> Dict[str, Any]:

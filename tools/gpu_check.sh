@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU issue's one prepared run: what this machine is, the CUDA tests (tests/test_gpu.py:
+# CPU/CUDA agreement in fp32, tf32, bf16 and fp16 at 1024x2048, export on CUDA with the runner,
+# demo training with AMP and SyncBN, fp16 gradients, TTA and sliding windows with peak memory),
+# then the benchmark on CUDA. On a machine without a CUDA GPU it runs too, and says what it
+# skipped. Exit status: non-zero when a part that ran failed.
+#
+# usage: bash tools/gpu_check.sh            (from anywhere; runs in the repository root)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+status=0
+
+echo "== machine"
+"$PYTHON" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, \
+'available', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+"$PYTHON" -m pointrend_sem.capabilities || status=1
+
+echo "== CUDA tests (pytest -m cuda tests/test_gpu.py)"
+POINTREND_SEM_TEST_CUDA=1 "$PYTHON" -m pytest -m cuda tests/test_gpu.py -n 0 -rs -s -q || status=1
+
+if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "== benchmark on CUDA (1024x2048, R-50, random weights)"
+  "$PYTHON" tools/benchmark.py --config-file configs/cityscapes_r50.yaml --device cuda \
+      --runs 5 --warmup 2 MODEL.RESNETS.NORM BN MODEL.SEM_SEG_HEAD.NORM BN || status=1
+else
+  echo "skipped: the benchmark on CUDA (no CUDA GPU visible here)"
+fi
+exit $status
