@@ -43,6 +43,7 @@ def test_two_process_training_with_sync_bn_then_equal_evaluation(tmp_path):
     )  # fmt: skip
     log = proc.stdout + proc.stderr
     assert "SyncBN replaced by naiveSyncBN" in log
+    assert "plain BatchNorm layers" not in log  # SyncBN: buffers stay per process (no broadcast)
     assert "Rank of current process: 0. World size: 2" in log
     weights = str(train_dir / "model_final.pth")
     assert os.path.isfile(weights)

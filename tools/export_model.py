@@ -187,13 +187,19 @@ def check_on_images(model, path: str, files: Sequence[str]) -> float:
     return fraction
 
 
+def configure_logging(verbose: bool) -> None:
+    """Log to stderr: this package's INFO lines, and the libraries' (torch.onnx, onnxscript,
+    onnx_ir: dozens of INFO lines an export) only with ``verbose``, else their warnings."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr)
+    logging.getLogger().setLevel(level)
+    logging.getLogger("pointrend_sem").setLevel(logging.INFO)
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     """Parse ``argv``, export, check; return the check's numbers."""
     args = get_parser().parse_args(argv)
-    # the libraries the exporter calls log dozens of INFO lines per export: warnings only, unless
-    # --verbose; this package's own INFO lines stay
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
-    logging.getLogger("pointrend_sem").setLevel(logging.INFO)
+    configure_logging(args.verbose)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserValueError("--device cuda: CUDA is not available here: export with --device cpu.")
     args.opts = [*args.opts, "MODEL.DEVICE", args.device]  # after the user's: --device wins
