@@ -195,6 +195,23 @@ def precision_support(dtype: torch.dtype, device="cpu") -> PrecisionSupport:
     return PrecisionSupport(dtype == torch.float32, dtype == torch.float32, f"device {device_type}")
 
 
+def device_available(device) -> bool:
+    """Whether ``device`` (a torch device or its name) can run here: always for the CPU, for
+    "cuda" / "cuda:N" when torch sees a GPU (N among them)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    return False
+
+
+def runnable_device(device: str) -> str:
+    """``device``, or "cpu" when it names a CUDA device this machine does not have (so that
+    every command runs on a CPU-only machine with no extra flag); the caller says so."""
+    return device if device_available(device) or not device.startswith("cuda") else "cpu"
+
+
 def cuda_has_ampere_math() -> bool:
     """Whether the current CUDA GPU has bf16 and TF32 units: compute capability 8.0 (Ampere)
     or later. False without CUDA."""

@@ -14,6 +14,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from detectron2.utils.colormap import colormap
 
+from .capabilities import runnable_device
 from .checkpoint import PointRendSemCheckpointer
 from .cpu_memory import apply_memory_setting
 from .data import build_test_augmentations
@@ -49,8 +50,10 @@ class SemSegPredictor:
     """
 
     def __init__(self, cfg):
-        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-            logging.getLogger(__name__).info("CUDA is not available: the model runs on the CPU.")
+        if runnable_device(cfg.MODEL.DEVICE) != cfg.MODEL.DEVICE:
+            logging.getLogger(__name__).info(
+                f"{cfg.MODEL.DEVICE} is not available: the model runs on the CPU."
+            )
             cfg = cfg.clone()
             cfg.defrost()
             cfg.MODEL.DEVICE = "cpu"

@@ -124,3 +124,15 @@ def test_test_processes_and_their_children_see_no_gpu():
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
     assert child_env()["CUDA_VISIBLE_DEVICES"] == ""
     assert not torch.cuda.is_available()
+
+
+def test_device_fallback_is_decided_in_one_place(gpu, monkeypatch):
+    assert capabilities.runnable_device("cpu") == "cpu"
+    assert capabilities.device_available("cpu")
+    gpu((8, 0))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert capabilities.runnable_device("cuda") == "cuda"
+    assert capabilities.device_available("cuda:0") and not capabilities.device_available("cuda:1")
+    assert capabilities.runnable_device("cuda:1") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert capabilities.runnable_device("cuda") == "cpu"

@@ -86,6 +86,7 @@ import torch
 from detectron2.modeling import build_model
 
 from pointrend_sem import cpu_memory
+from pointrend_sem.capabilities import device_available
 from pointrend_sem.checkpoint import PointRendSemCheckpointer
 from pointrend_sem.engine import setup
 from pointrend_sem.errors import UserValueError, main_with_one_line_errors
@@ -206,7 +207,7 @@ def resolve_device(args) -> str:
         if not given:
             device = args.device
         source = f"--device {args.device}"
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+    if not device_available(device):
         raise UserValueError(
             f"{source}: CUDA is not available here (torch.cuda.is_available() is False): "
             "benchmark with --device cpu."

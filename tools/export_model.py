@@ -45,6 +45,7 @@ import torch
 from detectron2.modeling import build_model
 
 from pointrend_sem import main_with_one_line_errors
+from pointrend_sem.capabilities import device_available
 from pointrend_sem.checkpoint import PointRendSemCheckpointer
 from pointrend_sem.engine import check_weights_file, setup
 from pointrend_sem.errors import UserValueError
@@ -200,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     """Parse ``argv``, export, check; return the check's numbers."""
     args = get_parser().parse_args(argv)
     configure_logging(args.verbose)
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if not device_available(args.device):
         raise UserValueError("--device cuda: CUDA is not available here: export with --device cpu.")
     args.opts = [*args.opts, "MODEL.DEVICE", args.device]  # after the user's: --device wins
     cfg = setup(args, log=False)

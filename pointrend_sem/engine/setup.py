@@ -10,13 +10,13 @@ from typing import Iterator, Optional, Tuple
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-import torch
 import yaml
 from detectron2.config import get_cfg
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..capabilities import runnable_device
 from ..config import add_pointrend_sem_config
 from ..cpu_memory import apply_memory_setting
 from ..errors import UserError, UserFileNotFoundError, UserKeyError, UserValueError
@@ -273,8 +273,8 @@ def setup(args, *, log: bool = True):
     with explain_config_errors(cfg, "the command line"):
         cfg.merge_from_list(args.opts)
     notes = []
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        notes.append("CUDA is not available: MODEL.DEVICE set to cpu.")
+    if runnable_device(cfg.MODEL.DEVICE) != cfg.MODEL.DEVICE:
+        notes.append(f"{cfg.MODEL.DEVICE} is not available: MODEL.DEVICE set to cpu.")
         cfg.MODEL.DEVICE = "cpu"
     if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
         # torch's SyncBatchNorm needs GPUs; detectron2's NaiveSyncBatchNorm all-reduces the
