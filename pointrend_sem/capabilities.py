@@ -21,7 +21,7 @@ How each answer is found:
   ``avx512_bf16``), it emulates: correct, but measured 3.9x slower than fp32 on such a Xeon. It
   runs, with a warning, and ``auto`` never picks it.
 
-Summary of a machine: ``python -m pointrend_sem.capabilities``.
+Summary of a machine: ``python -m pointrend_sem`` (:func:`describe`).
 """
 
 import functools
@@ -226,7 +226,11 @@ def cpp_compiler() -> Optional[str]:
 
 def describe(device="cpu") -> str:
     """Lines a person reads: what this machine runs in each precision, and the extras."""
-    lines = [f"device: {torch.device(device).type}"]
+    lines = [
+        f"torch {torch.__version__} (CUDA {torch.version.cuda}, GPU visible: "
+        f"{torch.cuda.is_available()})",
+        f"device: {torch.device(device).type}",
+    ]
     if torch.device(device).type == "cpu":
         wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
         has = [flag for flag in wanted if flag in cpu_flags()]
@@ -245,7 +249,3 @@ def describe(device="cpu") -> str:
         lines.append(f"oneDNN fused convolution: {', '.join(fused) or 'not available'}")
     lines.append(f"C++ compiler for AOTInductor: {cpp_compiler() or 'not found'}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(describe("cuda" if torch.cuda.is_available() else "cpu"))

@@ -12,12 +12,6 @@ from conftest import REPO_ROOT, load_script, logging_left_as_found, run_command
 from pointrend_sem.console import KNOWN_IMPORT_WARNINGS, known_import_warnings_silenced
 
 
-def test_train_net_starts_without_import_warnings():
-    # a process of its own: in this one detectron2 is imported already
-    proc = run_command([sys.executable, "-W", "default", "train_net.py", "--help"], check=True)
-    assert "Warning" not in proc.stderr, proc.stderr[-2000:]
-
-
 def test_only_the_known_warning_is_silenced_and_only_inside():
     ((message, category, module),) = KNOWN_IMPORT_WARNINGS
     known = "`torch.jit.script` is deprecated. Please switch to `torch.compile`."
@@ -34,6 +28,8 @@ def test_only_the_known_warning_is_silenced_and_only_inside():
 
 
 def test_export_logs_library_info_only_when_verbose(tmp_path):
+    """A command starts and exports without the import warnings (its first import is
+    pointrend_sem, as in every entry point) and without the exporter's library INFO lines."""
     cmd = [sys.executable, "-W", "default", "tools/export_model.py"]
     cmd += ["--config-file", "configs/demo_synthetic.yaml"]
     cmd += ["--format", "onnx", "--height", "32", "--width", "32", "--runs", "1"]

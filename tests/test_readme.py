@@ -12,11 +12,10 @@ import glob
 import os
 import re
 import shlex
-import shutil
 import sys
 
 import pytest
-from conftest import REPO_ROOT, run_command, run_script
+from conftest import REPO_ROOT, run_script
 
 README = os.path.join(REPO_ROOT, "README.md")
 DOCS = sorted(glob.glob(os.path.join(REPO_ROOT, "docs", "*.md")))
@@ -173,14 +172,12 @@ def test_readme_script_runs_with_help(script):
 README_MAKE_TARGETS = sorted({c.split()[1] for c in readme_commands() if c.startswith("make ")})
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
-def test_readme_make_targets_dry_run():
-    """``make -n`` of every target the README names, in one call (each make reads the set-up
-    state of the machine, which takes seconds)."""
-    env = {k: v for k, v in os.environ.items() if k != "MAKEFLAGS"}
-    cmd = ["make", "--no-print-directory", "-n", *README_MAKE_TARGETS, f"PYTHON={sys.executable}"]
-    proc = run_command(cmd, env=env, cwd=REPO_ROOT)
-    assert proc.returncode == 0, f"make -n {' '.join(README_MAKE_TARGETS)}: {proc.stderr}"
+def test_readme_make_targets_are_in_the_makefile():
+    """Each ``make`` target the README names is a target of the Makefile (their ``make -n`` runs
+    in tests/test_makefile.py)."""
+    with open(os.path.join(REPO_ROOT, "Makefile")) as f:
+        targets = {line.split(":")[0] for line in f if re.match(r"^[\w-]+:", line)}
+    assert set(README_MAKE_TARGETS) <= targets, (README_MAKE_TARGETS, targets)
 
 
 def test_readme_has_commands_to_check():

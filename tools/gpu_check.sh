@@ -12,9 +12,7 @@ PYTHON=${PYTHON:-python}
 status=0
 
 echo "== machine"
-"$PYTHON" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, \
-'available', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
-"$PYTHON" -m pointrend_sem.capabilities || status=1
+"$PYTHON" -m pointrend_sem || status=1
 
 echo "== CUDA tests (pytest -m cuda tests/test_gpu.py)"
 POINTREND_SEM_TEST_CUDA=1 "$PYTHON" -m pytest -m cuda tests/test_gpu.py -n 0 -rs -s -q || status=1
