@@ -167,11 +167,22 @@ def test_predictor_goes_through_predict():
     assert out["sem_seg"].shape == (5, 70, 90)
 
 
-def test_head_forward_is_the_loss_contract():
+def test_head_forward_is_detectron2s_semantic_head_contract():
+    """In eval mode ``head(features)`` returns the logits and an empty dict, as detectron2's
+    semantic heads do; with targets, the losses; in training mode without targets, an error."""
     model = build()
     features = model.backbone(model.pad_images(model.normalize_images(images())).tensor)
-    with pytest.raises(ValueError, match="inference"):
-        model.sem_seg_head(features, None)
+    with torch.no_grad():
+        logits, losses = model.sem_seg_head(features)
+        expected, _ = model.sem_seg_head.inference(features)
+    assert losses == {} and torch.equal(logits, expected)
+    targets = torch.randint(0, 5, (logits.shape[0], *logits.shape[-2:]))
+    with EventStorage():
+        none, losses = model.sem_seg_head(features, targets)
+    assert none is None and set(losses) == {"loss_sem_seg", "loss_sem_seg_point"}
+    model.train()
+    with pytest.raises(ValueError, match="needs targets in training mode"):
+        model.sem_seg_head(features)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])

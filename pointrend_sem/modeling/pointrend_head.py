@@ -184,27 +184,32 @@ class PointRendSemHead(nn.Module):
         }
 
     def forward(
-        self, features: Dict[str, torch.Tensor], targets: torch.Tensor
-    ) -> Tuple[None, Dict[str, torch.Tensor]]:
-        """The losses, in detectron2's :class:`SemanticSegmentor` head contract.
+        self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None
+    ) -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]:
+        """detectron2's semantic-head contract (``SemSegFPNHead``, PointRend's own
+        ``PointRendSemSegHead``): the losses with targets, the predictions in eval mode without.
 
         Args:
             features: backbone feature maps, each (N, C_f, H_f, W_f).
-            targets: (N, H, W) long labels at the padded input size.
+            targets: (N, H, W) long labels at the padded input size, or None (inference).
 
         Returns:
-            ``(None, {"loss_sem_seg": ..., "loss_sem_seg_point": ...})``, scalars.
+            with targets: ``(None, {"loss_sem_seg": ..., "loss_sem_seg_point": ...})``, scalars;
+            without: ``(refined logits, {})``, the logits (N, C, H_c * 2^S, W_c * 2^S) of
+            :meth:`inference` over the whole batch.
 
         Raises:
-            ValueError: without targets: predictions come from :meth:`inference`.
+            ValueError: in training mode without targets.
         """
-        if targets is None:
+        if targets is not None:
+            return None, self.losses(features, targets)
+        if self.training:
             raise ValueError(
-                "PointRendSemHead.forward(features, targets) computes the losses; predictions "
-                "come from PointRendSemHead.inference(features, valid_fraction), which "
-                "PointRendSemanticSegmentor.predict calls."
+                "PointRendSemHead.forward(features, targets) needs targets in training mode; "
+                "call it in eval mode (model.eval()) for predictions."
             )
-        return None, self.losses(features, targets)
+        refined, _ = self.inference(features)
+        return refined, {}
 
     def point_logits(
         self,
