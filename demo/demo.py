@@ -23,7 +23,7 @@ import cv2
 import tqdm
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
-from predictor import VisualizationDemo
+from visualization import VisualizationDemo
 
 from pointrend_sem.engine import add_opts_argument, check_weights_file, setup
 from pointrend_sem.errors import (

@@ -15,7 +15,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from pointrend_sem.export.runner import read_sidecar
-from pointrend_sem.test_time_augmentation import SemanticSegmentorWithTTA
+from pointrend_sem.tta import SemanticSegmentorWithTTA
 
 pytestmark = pytest.mark.cuda
 

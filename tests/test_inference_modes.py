@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pointrend_sem.modeling.meta_arch import sliding_windows
-from pointrend_sem.test_time_augmentation import SemanticSegmentorWithTTA
+from pointrend_sem.tta import SemanticSegmentorWithTTA
 
 
 class PixelwiseSegmentor(nn.Module):

@@ -15,7 +15,7 @@ from pointrend_sem.modeling import SubdivisionTrace
 from pointrend_sem.modeling.binary import as_two_channels, num_output_channels
 from pointrend_sem.modeling.pointrend_head import write_point_logits_
 from pointrend_sem.predictor import SemSegPredictor, display_metadata
-from pointrend_sem.test_time_augmentation import SemanticSegmentorWithTTA
+from pointrend_sem.tta import SemanticSegmentorWithTTA
 
 SIZES = [(61, 83), (97, 45)]  # odd sizes; batched, the first is padded below, the second right
 

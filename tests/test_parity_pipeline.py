@@ -41,7 +41,7 @@ from pointrend_sem.data import (
 from pointrend_sem.modeling import meta_arch
 from pointrend_sem.modeling.meta_arch import postprocess_logits
 from pointrend_sem.predictor import SemSegPredictor
-from pointrend_sem.test_time_augmentation import SemanticSegmentorWithTTA
+from pointrend_sem.tta import SemanticSegmentorWithTTA
 from tools.benchmarking.reference_models import (
     DETECTRON2_POINTREND_CONFIG,
     build_detectron2_pointrend,

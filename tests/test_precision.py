@@ -20,7 +20,7 @@ from pointrend_sem.data.datasets.synthetic import render_sample
 from pointrend_sem.errors import UserValueError
 from pointrend_sem.modeling import precision
 from pointrend_sem.predictor import SemSegPredictor
-from pointrend_sem.test_time_augmentation import SemanticSegmentorWithTTA
+from pointrend_sem.tta import SemanticSegmentorWithTTA
 
 SIZES = [(61, 83), (97, 45)]
 

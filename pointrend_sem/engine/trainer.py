@@ -42,7 +42,7 @@ from ..evaluation import (
     build_cityscapes_evaluators,
     is_cityscapes_test_split,
 )
-from ..test_time_augmentation import SemanticSegmentorWithTTA
+from ..tta import SemanticSegmentorWithTTA
 from .amp import CPUAMPTrainerMixin
 from .checkpoint import make_writes_atomic
 from .lr_schedule import build_poly_lr_scheduler
