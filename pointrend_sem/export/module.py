@@ -28,7 +28,7 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
-from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.layers import Conv2d
 from torch import nn
 from torch.export.passes import move_to_device_pass
 from torch.nn import functional as F
@@ -36,7 +36,12 @@ from torch.nn import functional as F
 from ..capabilities import cpp_compiler
 from ..errors import UserValueError
 from ..modeling.binary import as_two_channels, num_output_channels
-from ..modeling.conv_norm_folding import NormFoldedConv2d, NormFoldedPointFC, fold_norm_into
+from ..modeling.conv_norm_folding import (
+    NormFoldedConv2d,
+    NormFoldedPointFC,
+    fold_norm_into,
+    is_foldable,
+)
 from ..modeling.meta_arch import postprocess_logits
 from ..modeling.point_head import PointFC
 from .runner import SIDECAR_SUFFIX
@@ -72,9 +77,6 @@ def check_exportable(cfg) -> None:
             )
 
 
-_BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
-
-
 def bake_folded_norms_(model: nn.Module) -> int:
     """Fold, in place and for good, the batch norm of every layer of ``model`` that
     ``MODEL.FOLD_NORMS`` folds at each inference call (:mod:`~.modeling.conv_norm_folding`):
@@ -87,9 +89,7 @@ def bake_folded_norms_(model: nn.Module) -> int:
             if not isinstance(module, (NormFoldedConv2d, NormFoldedPointFC)):
                 continue
             norm = module.norm
-            if not isinstance(norm, _BATCH_NORMS) or getattr(norm, "training", False):
-                continue
-            if getattr(norm, "running_mean", None) is None:
+            if not is_foldable(norm):
                 continue
             weight, bias = fold_norm_into(module.weight, module.bias, norm)
             module.weight = nn.Parameter(weight, requires_grad=False)

@@ -21,16 +21,19 @@ from torch.nn import functional as F
 from .point_head import PointFC
 
 # Batch norms that are a fixed per-channel affine map in eval mode (detectron2's
-# NaiveSyncBatchNorm is a BatchNorm2d; SyncBatchNorm in eval mode is a plain batch norm).
-_BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+# NaiveSyncBatchNorm is a BatchNorm2d; SyncBatchNorm in eval mode is a plain batch norm;
+# FrozenBatchNorm2d always): the one list of what inference folds (here, the inference copies of
+# .precision, and export)
+FOLDABLE_NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
-def _is_foldable(norm: Optional[nn.Module]) -> bool:
-    """A norm that is a fixed per-channel affine map in inference."""
+def is_foldable(norm: Optional[nn.Module]) -> bool:
+    """A norm that is a fixed per-channel affine map in inference (one of
+    :data:`FOLDABLE_NORMS`, in eval mode, with running statistics and affine parameters)."""
     if isinstance(norm, FrozenBatchNorm2d):
         return True
     return (
-        isinstance(norm, _BATCH_NORMS)
+        isinstance(norm, FOLDABLE_NORMS)
         and not norm.training
         and norm.running_mean is not None
         and norm.running_var is not None
@@ -91,7 +94,7 @@ class _FoldedWeights:
     (loading a checkpoint, a training step)."""
 
     def _runs_folded(self) -> bool:
-        return not (self.training or torch.is_grad_enabled() or not _is_foldable(self.norm))
+        return not (self.training or torch.is_grad_enabled() or not is_foldable(self.norm))
 
     def _folded_weight_and_bias(self) -> Tuple[torch.Tensor, torch.Tensor]:
         norm = self.norm
@@ -151,9 +154,7 @@ def fold_norms_in_inference(model: nn.Module) -> int:
     count = 0
     for module in model.modules():
         folded_class = _FOLDED_CLASSES.get(type(module))
-        if folded_class is not None and isinstance(
-            module.norm, (FrozenBatchNorm2d,) + _BATCH_NORMS
-        ):
+        if folded_class is not None and isinstance(module.norm, FOLDABLE_NORMS):
             module.__class__ = folded_class
             count += 1
     return count

@@ -35,7 +35,7 @@ import logging
 from typing import Iterator, Optional, Tuple
 
 import torch
-from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.layers import Conv2d
 from torch import nn
 
 from ..capabilities import (
@@ -46,7 +46,7 @@ from ..capabilities import (
     precision_support,
 )
 from ..errors import UserValueError
-from .conv_norm_folding import _BATCH_NORMS, _is_foldable, fold_norm_into
+from .conv_norm_folding import fold_norm_into, is_foldable
 from .onednn_fusion import fuse_relu_convs_
 
 logger = logging.getLogger(__name__)
@@ -164,11 +164,7 @@ def _fold_norms_(module: nn.Module) -> None:
     ``Conv2d`` of ``module`` into the conv's weight and bias, leaving ``conv.norm`` None."""
     for conv in module.modules():
         norm = getattr(conv, "norm", None)
-        if not isinstance(conv, Conv2d) or not isinstance(
-            norm, (FrozenBatchNorm2d,) + _BATCH_NORMS
-        ):
-            continue
-        if not _is_foldable(norm):
+        if not isinstance(conv, Conv2d) or not is_foldable(norm):
             continue
         weight, bias = fold_norm_into(
             conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), norm
