@@ -100,6 +100,15 @@ def needs_precision(name: str):
     return pytest.mark.skipif(not support.runs, reason=f"{name} cannot run here: {support.detail}")
 
 
+def clear_precision_caches() -> None:
+    """Forget the precision decisions (and their one-time log lines) cached per process, for
+    tests that change what the machine answers (pointrend_sem.modeling.precision)."""
+    from pointrend_sem.modeling import precision
+
+    for cached in (precision._check_runs, precision._auto_precision, precision._log_unfused):
+        cached.cache_clear()
+
+
 def run_command(cmd, *, env=None, check=False, timeout=COMMAND_TIMEOUT_S, cwd=REPO_ROOT):
     """Run ``cmd`` to completion; stdout and stderr are read while it runs (no full pipe can block
     it) and returned as text; it is killed after ``timeout`` seconds (``TimeoutExpired``)."""

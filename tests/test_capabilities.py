@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import load_config, run_script
+from conftest import clear_precision_caches, load_config, run_script
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
@@ -23,11 +23,6 @@ SAPPHIRE_RAPIDS = ({"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16"}
 EPYC_GENOA = ({"avx2", "avx512f", "avx512_bf16"}, True, False)
 SKYLAKE_XEON = ({"avx2", "avx512f", "avx512bw"}, True, False)  # bf16 emulated, no fp16
 AVX2_ONLY = ({"avx2"}, False, False)
-
-
-def clear_caches():
-    for cached in (precision._check_runs, precision._auto_precision, precision._log_unfused):
-        cached.cache_clear()
 
 
 @pytest.fixture
@@ -45,10 +40,10 @@ def cpu(monkeypatch):
         else:
             monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", max_isa)
         monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
-        clear_caches()
+        clear_precision_caches()
 
     yield simulate
-    clear_caches()
+    clear_precision_caches()
 
 
 @pytest.mark.parametrize(
@@ -82,7 +77,7 @@ def test_onednn_capped_at_avx2_is_not_native_bf16(cpu):
 
 def test_onednn_switched_off_refuses_reduced_precision(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
-    clear_caches()
+    clear_precision_caches()
     try:
         support = capabilities.precision_support(torch.bfloat16, "cpu")
         assert not support.runs and "torch.backends.mkldnn.enabled is False" in support.detail
@@ -91,7 +86,7 @@ def test_onednn_switched_off_refuses_reduced_precision(monkeypatch):
             precision.resolve_precision("bf16", "cpu")
         assert precision.resolve_precision("auto", "cpu") is None
     finally:
-        clear_caches()
+        clear_precision_caches()
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])
@@ -184,7 +179,7 @@ def test_inference_copy_is_fused_only_where_the_fused_op_runs(monkeypatch, dtype
     model = build_model(load_config()).eval()
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     fused = precision.InferenceCopy(dtype).get(model.backbone)
-    clear_caches()
+    clear_precision_caches()
     monkeypatch.setattr(precision, "fused_conv_runs", lambda dtype: False)
     plain = precision.InferenceCopy(dtype).get(model.backbone)
     assert not any("ReLUFused" in type(m).__name__ for m in plain.modules())
@@ -192,10 +187,13 @@ def test_inference_copy_is_fused_only_where_the_fused_op_runs(monkeypatch, dtype
     assert is_fused == capabilities.fused_conv_runs(dtype)
     with torch.no_grad():
         expected, got = plain(x.to(dtype)), fused(x.to(dtype))
-    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     for name, value in expected.items():
         value, other = value.float(), got[name].float()
-        assert (other - value).abs().max() <= tolerance * value.abs().max(), name
+        if dtype == torch.float32:  # fp32 rounding only
+            assert (other - value).abs().max() <= 1e-5 * value.abs().max(), name
+        else:  # a bf16/fp16 rounding per layer more or less: close on average; a missing
+            # ReLU or sum is far off
+            assert (other - value).abs().mean() <= 2e-2 * value.abs().mean(), name
 
 
 def test_fp32_runs_the_model_itself_where_the_fused_op_does_not_run(monkeypatch):

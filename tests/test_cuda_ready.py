@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import child_env, load_config
+from conftest import child_env, clear_precision_caches, load_config
 from detectron2.evaluation import inference_context
 from detectron2.modeling import build_model
 
@@ -16,11 +16,6 @@ from pointrend_sem.evaluation.sem_seg import predicted_classes
 from pointrend_sem.modeling import meta_arch, precision
 
 
-def clear_caches():
-    for cached in (precision._check_runs, precision._auto_precision):
-        cached.cache_clear()
-
-
 @pytest.fixture
 def gpu(monkeypatch):
     """Makes torch answer as a host with one CUDA GPU of the given compute capability."""
@@ -28,10 +23,10 @@ def gpu(monkeypatch):
     def simulate(capability):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: capability)
-        clear_caches()
+        clear_precision_caches()
 
     yield simulate
-    clear_caches()
+    clear_precision_caches()
 
 
 @pytest.mark.parametrize(
