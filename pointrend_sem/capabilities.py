@@ -122,7 +122,7 @@ def _probe_onednn_conv(dtype: torch.dtype) -> bool:
 
 def fused_conv_runs(dtype: torch.dtype) -> bool:
     """Whether oneDNN's fused convolution (``torch.ops.mkldnn._convolution_pointwise``, see
-    :mod:`.modeling.onednn_fusion`) exists in this torch and gives ``relu(conv(x))`` in
+    :mod:`.inference.onednn_fusion`) exists in this torch and gives ``relu(conv(x))`` in
     ``dtype`` on this CPU: a probe, cached per dtype and oneDNN switch."""
     return onednn_enabled() and _probe_fused_conv(dtype)
 

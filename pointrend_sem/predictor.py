@@ -16,8 +16,8 @@ from detectron2.utils.colormap import colormap
 
 from .capabilities import runnable_device
 from .checkpoint import PointRendSemCheckpointer
-from .cpu_memory import apply_memory_setting
 from .data import build_test_augmentations
+from .inference import build_inference_model
 from .modeling.binary import num_output_channels
 
 
@@ -39,14 +39,20 @@ class SemSegPredictor:
     resizes as mmsegmentation's and sssegmentation's test pipelines, "detectron2" as
     ``DefaultPredictor``), and the output comes back at the input's size
     (``TEST.OUTPUT_RESIZE``). The resize runs on the uint8 image, as in those pipelines. The
-    prediction is the model's :meth:`~pointrend_sem.modeling.PointRendSemanticSegmentor.predict`.
+    prediction is that of the inference module (:mod:`pointrend_sem.inference`: ``TEST.PRECISION``,
+    ``MODEL.FOLD_NORMS``, oneDNN fusion), built once the weights are loaded.
 
     ``MODEL.WEIGHTS`` may be a file or URL of a published checkpoint of mmsegmentation,
     sssegmentation or detectron2, loaded as it is (:class:`PointRendSemCheckpointer`); one that
     does not fit the model (an entry of another shape, or missing) raises a ``UserValueError``
     naming it and the fix (``strict_fit``); ``MODEL.WEIGHTS ""`` keeps the random
-    initialization. On a CPU, ``MODEL.KEEP_FREED_MEMORY`` takes effect when the predictor is made
-    (:mod:`pointrend_sem.cpu_memory`).
+    initialization.
+
+    Attributes:
+        model: the plain model (detectron2's ``build_model``), weights loaded, in eval mode.
+        inference_model: the :class:`~pointrend_sem.inference.InferenceModel` that predicts; build
+            it again (:func:`~pointrend_sem.inference.build_inference_model`) after changing the
+            model's weights.
     """
 
     def __init__(self, cfg):
@@ -57,10 +63,10 @@ class SemSegPredictor:
             cfg = cfg.clone()
             cfg.defrost()
             cfg.MODEL.DEVICE = "cpu"
-        apply_memory_setting(cfg)
         self.model = build_model(cfg)
         self.model.eval()
         PointRendSemCheckpointer(self.model, strict_fit=True).load(cfg.MODEL.WEIGHTS)
+        self.inference_model = build_inference_model(self.model, cfg)
         self.augmentations = T.AugmentationList(build_test_augmentations(cfg))
         self.input_format = cfg.INPUT.FORMAT
 
@@ -81,8 +87,8 @@ class SemSegPredictor:
             likewise when the config asks for it.
         """
         inputs = self.model_inputs(image_bgr)
-        with torch.no_grad():
-            return self.model.predict([inputs["image"]], [(inputs["height"], inputs["width"])])[0]
+        sizes = [(inputs["height"], inputs["width"])]
+        return self.inference_model.predict([inputs["image"]], sizes)[0]
 
 
 def display_metadata(cfg) -> Metadata:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .data.augmentations import build_test_resize
+from .inference import InferenceModel, build_inference_model
 
 OUTPUT_KEYS = ("sem_seg", "coarse_sem_seg")
 
@@ -54,8 +55,9 @@ class SemanticSegmentorWithTTA(nn.Module):
     ):
         """
         Args:
-            model: a :class:`~pointrend_sem.modeling.PointRendSemanticSegmentor`, or a module
-                with its ``predict(images, output_sizes)`` returning, per image, "sem_seg"
+            model: an :class:`~pointrend_sem.inference.InferenceModel`, a
+                :class:`~pointrend_sem.modeling.PointRendSemanticSegmentor`, or a module with
+                their ``predict(images, output_sizes)`` returning, per image, "sem_seg"
                 (C, H_out, W_out) logits; taken out of DistributedDataParallel.
             scale_ratios: e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75).
             flip: also run each scale on the horizontally flipped image.
@@ -75,6 +77,10 @@ class SemanticSegmentorWithTTA(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module) -> "SemanticSegmentorWithTTA":
+        """TTA of ``cfg`` (``TEST.AUG``) over the inference module of ``model`` (built here from
+        the plain model, :mod:`pointrend_sem.inference`; an inference module is used as it is)."""
+        if not isinstance(model, InferenceModel):
+            model = build_inference_model(model, cfg)
         return cls(
             model,
             cfg.TEST.AUG.SCALE_RATIOS,

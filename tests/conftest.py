@@ -94,7 +94,7 @@ def needs_precision(name: str):
     what the CPU lacks as the reason. What a user of such a CPU gets instead (one line) is
     tested in test_capabilities.py."""
     from pointrend_sem.capabilities import precision_support
-    from pointrend_sem.modeling.precision import PRECISIONS
+    from pointrend_sem.inference.precision import PRECISIONS
 
     support = precision_support(PRECISIONS[name], "cpu")
     return pytest.mark.skipif(not support.runs, reason=f"{name} cannot run here: {support.detail}")
@@ -102,10 +102,10 @@ def needs_precision(name: str):
 
 def clear_precision_caches() -> None:
     """Forget the precision decisions (and their one-time log lines) cached per process, for
-    tests that change what the machine answers (pointrend_sem.modeling.precision)."""
-    from pointrend_sem.modeling import precision
+    tests that change what the machine answers (pointrend_sem.inference)."""
+    from pointrend_sem.inference import builder, precision
 
-    for cached in (precision._check_runs, precision._auto_precision, precision._log_unfused):
+    for cached in (precision._check_runs, precision._auto_precision, builder._log_unfused):
         cached.cache_clear()
 
 

@@ -16,7 +16,7 @@ from detectron2.modeling import build_model
 from pointrend_sem import capabilities
 from pointrend_sem.engine import amp
 from pointrend_sem.errors import UserValueError
-from pointrend_sem.modeling import precision
+from pointrend_sem.inference import build_inference_model, builder, precision
 
 # (flags, oneDNN runs bf16, oneDNN runs fp16) of the CPUs users have
 SAPPHIRE_RAPIDS = ({"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16"}, True, True)
@@ -90,10 +90,11 @@ def test_onednn_switched_off_refuses_reduced_precision(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])
-def test_refused_precision_stops_the_model_build_in_one_line(cpu, name):
+def test_refused_precision_stops_the_inference_build_in_one_line(cpu, name):
     cpu(*AVX2_ONLY)
+    cfg = load_config("demo_synthetic.yaml", ["TEST.PRECISION", name])
     with pytest.raises(UserValueError) as error:
-        build_model(load_config("demo_synthetic.yaml", ["TEST.PRECISION", name]))
+        build_inference_model(build_model(cfg), cfg)
     message = str(error.value)
     assert message.startswith(f"TEST.PRECISION {name} cannot run on this CPU: ")
     assert "Use TEST.PRECISION fp32" in message and "\n" not in message
@@ -157,14 +158,13 @@ def test_this_machine_runs_or_refuses_each_precision():
     image = torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8)
     for name in ("bf16", "fp16"):
         support = capabilities.precision_support(precision.PRECISIONS[name], "cpu")
-        opts = ["TEST.PRECISION", name]
+        cfg = load_config("demo_synthetic.yaml", ["TEST.PRECISION", name])
+        model = build_model(cfg).eval()
         if not support.runs:
             with pytest.raises(UserValueError, match=f"TEST.PRECISION {name} cannot run"):
-                build_model(load_config("demo_synthetic.yaml", opts))
+                build_inference_model(model, cfg)
             continue
-        model = build_model(load_config("demo_synthetic.yaml", opts)).eval()
-        with torch.no_grad():
-            (output,) = model.predict([image])
+        (output,) = build_inference_model(model, cfg).predict([image])
         assert output["sem_seg"].dtype == torch.float32
         assert torch.isfinite(output["sem_seg"]).all()
 
@@ -178,15 +178,15 @@ def test_inference_copy_is_fused_only_where_the_fused_op_runs(monkeypatch, dtype
     torch.manual_seed(0)
     model = build_model(load_config()).eval()
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    fused = precision.InferenceCopy(dtype).get(model.backbone)
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    fused = build_inference_model(model, load_config(), precision=name)
     clear_precision_caches()
-    monkeypatch.setattr(precision, "fused_conv_runs", lambda dtype: False)
-    plain = precision.InferenceCopy(dtype).get(model.backbone)
-    assert not any("ReLUFused" in type(m).__name__ for m in plain.modules())
-    is_fused = any("ReLUFused" in type(m).__name__ for m in fused.modules())
-    assert is_fused == capabilities.fused_conv_runs(dtype)
+    monkeypatch.setattr(builder, "fused_conv_runs", lambda dtype: False)
+    plain = build_inference_model(model, load_config(), precision=name)
+    assert plain.fused_convs == 0
+    assert (fused.fused_convs > 0) == capabilities.fused_conv_runs(dtype)
     with torch.no_grad():
-        expected, got = plain(x.to(dtype)), fused(x.to(dtype))
+        expected, got = plain.model.backbone(x), fused.model.backbone(x)
     for name, value in expected.items():
         value, other = value.float(), got[name].float()
         if dtype == torch.float32:  # fp32 rounding only
@@ -194,15 +194,6 @@ def test_inference_copy_is_fused_only_where_the_fused_op_runs(monkeypatch, dtype
         else:  # a bf16/fp16 rounding per layer more or less: close on average; a missing
             # ReLU or sum is far off
             assert (other - value).abs().mean() <= 2e-2 * value.abs().mean(), name
-
-
-def test_fp32_runs_the_model_itself_where_the_fused_op_does_not_run(monkeypatch):
-    import pointrend_sem.modeling.meta_arch as meta_arch
-
-    monkeypatch.setattr(meta_arch, "fused_conv_runs", lambda dtype: False)
-    model = build_model(load_config()).eval()
-    with torch.no_grad():
-        assert model.inference_modules() == (model.backbone, None, None)
 
 
 def test_describe_names_every_precision():

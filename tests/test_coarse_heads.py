@@ -17,6 +17,7 @@ from torch import nn
 
 from pointrend_sem.errors import UserError
 from pointrend_sem.export.module import ExportableSegmentor
+from pointrend_sem.inference import build_inference_model
 from pointrend_sem.modeling import SubdivisionTrace, subdivision_steps_for
 
 CONFIG = "demo_synthetic_deeplabv3plus.yaml"
@@ -99,25 +100,24 @@ def test_aspp_pools_globally_at_any_size():
 
 @needs_precision("bf16")
 def test_reduced_precision_runs_the_deeplabv3plus_head():
-    _, model = build(opts=["TEST.PRECISION", "bf16"])
+    cfg, model = build(opts=["TEST.PRECISION", "bf16"])
     model.eval()
     image = inputs([ODD_SIZES[0]])[0]["image"]
-    with torch.no_grad():
-        (bf16,) = model.predict([image])
-        model.precision = "fp32"
-        (fp32,) = model.predict([image])
+    (bf16,) = build_inference_model(model, cfg).predict([image])
+    (fp32,) = build_inference_model(model, cfg, precision="fp32").predict([image])
     assert bf16["sem_seg"].shape == fp32["sem_seg"].shape == (5, *ODD_SIZES[0])
     assert bf16["sem_seg"].dtype == torch.float32 and torch.isfinite(bf16["sem_seg"]).all()
 
 
 def test_export_runs_the_deeplabv3plus_head():
-    _, model = build()
+    cfg, model = build()
     model.eval()
     image = inputs([ODD_SIZES[0]])[0]["image"]
+    inference_model = build_inference_model(model, cfg, fuse_convs=False)
     with torch.no_grad():
-        (fp32,) = model.predict([image])
+        (fp32,) = inference_model.predict([image])
         exported = torch.export.export(
-            ExportableSegmentor(model, *ODD_SIZES[0]), (image[None].float(),)
+            ExportableSegmentor(inference_model, *ODD_SIZES[0]), (image[None].float(),)
         )
         graph = exported.module()(image[None].float())
     assert graph.shape == (1, 5, *ODD_SIZES[0])

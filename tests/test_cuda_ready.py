@@ -1,5 +1,5 @@
 """What the GPU path would get wrong, checked on the CPU: the CUDA queries are patched where a
-decision depends on the GPU (pointrend_sem/capabilities.py, modeling/precision.py)."""
+decision depends on the GPU (pointrend_sem/capabilities.py, inference/precision.py)."""
 
 import os
 
@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 from pointrend_sem import capabilities
 from pointrend_sem.errors import UserValueError
 from pointrend_sem.evaluation.sem_seg import predicted_classes
-from pointrend_sem.modeling import meta_arch, precision
+from pointrend_sem.inference import build_inference_model, builder, precision
 
 
 @pytest.fixture
@@ -50,8 +50,9 @@ def test_bf16_and_auto_on_cuda_follow_the_compute_capability(gpu, capability, bf
 
 
 def test_tf32_is_refused_on_a_cpu_in_one_line():
+    cfg = load_config("demo_synthetic.yaml", ["TEST.PRECISION", "tf32"])
     with pytest.raises(UserValueError) as error:
-        build_model(load_config("demo_synthetic.yaml", ["TEST.PRECISION", "tf32"]))
+        build_inference_model(build_model(cfg), cfg)
     assert "use TEST.PRECISION fp32" in str(error.value) and "\n" not in str(error.value)
 
 
@@ -69,35 +70,35 @@ def test_fp32_on_cuda_is_ieee_unless_tf32_is_asked_for(name, mode):
         assert [backend.fp32_precision for backend in BACKENDS] == before
 
 
-def test_predict_runs_inside_the_fp32_mode_of_its_precision(monkeypatch):
+def test_inference_runs_inside_the_fp32_mode_of_its_precision(monkeypatch):
     seen = []
-    real = meta_arch.fp32_math
+    real = builder.fp32_math
 
     def recording(name, device):
         seen.append((name, torch.device(device).type))
         return real(name, device)
 
-    monkeypatch.setattr(meta_arch, "fp32_math", recording)
+    monkeypatch.setattr(builder, "fp32_math", recording)
     model = build_model(load_config()).eval()
-    with torch.no_grad():
-        model.predict([torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8)])
-    assert seen == [("fp32", "cpu")]
-
-
-def test_inference_caches_are_released_when_training_resumes():
-    """An evaluation during training leaves no inference copy or folded weights behind (on a
-    GPU they would hold memory for the rest of the run)."""
-    model = build_model(load_config("demo_synthetic.yaml", ["MODEL.FOLD_NORMS", True])).train()
+    fast = build_inference_model(model, load_config())
     image = torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8)
+    fast.predict([image])
+    fast([{"image": image}])
+    assert seen == [("fp32", "cpu")] * 2
 
-    def cached():
-        folded = [m for m in model.modules() if "_folded_cache" in m.__dict__]
-        return len(model._inference_copies) + len(folded)
 
-    with inference_context(model), torch.no_grad():  # as detectron2's inference_on_dataset
-        model([{"image": image}])
-        assert cached() > 0
-    assert model.training and cached() == 0
+def test_an_evaluation_during_training_leaves_the_model_as_it_was():
+    """Evaluation runs a separate inference module (rebuilt at each evaluation): the training
+    model keeps its mode, gains no cached copies (on a GPU they would hold memory for the rest
+    of the run), and its weights stay trainable."""
+    model = build_model(load_config("demo_synthetic.yaml", ["MODEL.FOLD_NORMS", True])).train()
+    attributes = {id(m): set(vars(m)) for m in model.modules()}
+    image = torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8)
+    fast = build_inference_model(model, load_config())
+    with inference_context(fast):  # as detectron2's inference_on_dataset
+        fast([{"image": image}])
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert {id(m): set(vars(m)) for m in model.modules()} == attributes
 
 
 def test_evaluators_share_one_class_map_per_output():

@@ -20,6 +20,7 @@ from conftest import REPO_ROOT, load_config, run_command
 from detectron2.modeling import build_model
 
 from pointrend_sem.capabilities import cpp_compiler
+from pointrend_sem.errors import UserValueError
 from pointrend_sem.export.module import (
     ExportableSegmentor,
     UnsupportedExportOption,
@@ -29,6 +30,7 @@ from pointrend_sem.export.module import (
     random_image,
 )
 from pointrend_sem.export.runner import ExportedPredictor, load_graph
+from pointrend_sem.inference import build_inference_model, builder
 
 CONFIGS = {
     "demo": ("demo_synthetic.yaml", []),
@@ -70,7 +72,8 @@ def models():
         torch.manual_seed(0)
         model = build_model(cfg).eval()
         randomize_norms_(model)
-        built[name] = (cfg, model)
+        # what export traces: the inference module, without oneDNN's eager-only fusion
+        built[name] = (cfg, build_inference_model(model, cfg, fuse_convs=False), model)
     return built
 
 
@@ -83,7 +86,7 @@ def exports(tmp_path_factory, models):
     def get(name, size, fmt):
         key = (name, size, fmt)
         if key not in cache:
-            cfg, model = models[name]
+            cfg, _, model = models[name]
             suffix = ".pt2" if fmt == "aoti" else f".{fmt}"
             path = str(folder / f"{name}_{size[0]}x{size[1]}_{fmt}{suffix}")
             export_model(cfg, model, fmt, *size, path)
@@ -94,8 +97,8 @@ def exports(tmp_path_factory, models):
 
 
 def eager_scores(model, image):
-    with torch.no_grad():
-        return model.predict([image[0]])[0]["sem_seg"][None]
+    """The scores of the inference module ``model`` on a (1, 3, H, W) image."""
+    return model.predict([image[0]])[0]["sem_seg"][None]
 
 
 def assert_agrees(expected, got):
@@ -107,19 +110,22 @@ def assert_agrees(expected, got):
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_exportable_module_is_the_seam(models, name, size):
-    _, model = models[name]
+    """What is traced is the inference module's predict, whose classes are the plain model's."""
+    _, inference_model, model = models[name]
     image = random_image(*size, seed=1)
     with torch.no_grad():
-        got = ExportableSegmentor(model, *size)(image)
+        got = ExportableSegmentor(inference_model, *size)(image)
+        plain = model.predict([image[0]])[0]["sem_seg"][None]
     assert got.shape == (1, 5 if name == "demo" else 19, *size)
-    assert_agrees(eager_scores(model, image), got)
+    assert_agrees(eager_scores(inference_model, image), got)
+    assert agreement(plain, got)["same_class"] >= 0.999
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_exported_file_reproduces_pytorch(models, exports, name, size, fmt):
-    _, model = models[name]
+    _, model, _ = models[name]
     path = exports(name, size, fmt)
     run_graph = load_graph(path, fmt)
     for seed in (1, 2):
@@ -134,7 +140,7 @@ def test_aoti_package_reproduces_pytorch(models, exports, name, size):
         pytest.skip(f"AOTInductor compiles for up to 2 min a model; {ALL_AOTI_ENV}=1 runs all")
     if cpp_compiler() is None:  # what a user gets then: test_capabilities.py, the one line
         pytest.skip("AOTInductor needs a C++ compiler ($CXX or g++), and none is on PATH")
-    _, model = models[name]
+    _, model, _ = models[name]
     run_graph = load_graph(exports(name, size, "aoti"), "aoti")
     for seed in (1, 2):
         image = random_image(*size, seed=seed)
@@ -142,7 +148,7 @@ def test_aoti_package_reproduces_pytorch(models, exports, name, size):
 
 
 def test_sidecar_describes_the_graph(models, exports):
-    cfg, _ = models["demo"]
+    cfg, _, _ = models["demo"]
     path = exports("demo", SIZES[1], "pt2")
     with open(path + ".json") as f:
         info = json.load(f)
@@ -151,6 +157,37 @@ def test_sidecar_describes_the_graph(models, exports):
     assert info["input_format"] == cfg.INPUT.FORMAT
     assert info["num_outputs"] == 5
     assert info["resize_backend"] == cfg.INPUT.RESIZE_BACKEND
+    assert info["precision"] == "fp32"
+
+
+def test_reduced_precision_is_exported_as_it_runs_or_refused_in_one_line(
+    models, tmp_path, monkeypatch
+):
+    """TEST.PRECISION bf16: refused in one line for ONNX (and where the CPU cannot run it);
+    forced on any CPU, a .pt2 export runs the backbone in bf16 and says so in its sidecar."""
+    cfg, _, model = models["demo"]
+    cfg = cfg.clone()
+    cfg.merge_from_list(["TEST.PRECISION", "bf16"])
+    size, path = SIZES[0], str(tmp_path / "bf16.pt2")
+    try:
+        build_inference_model(model, cfg)
+    except UserValueError as error:  # this CPU refuses bf16: so does export, in one line
+        with pytest.raises(UserValueError, match="TEST.PRECISION bf16 cannot run"):
+            export_model(cfg, model, "pt2", *size, path)
+        assert "\n" not in str(error)
+    monkeypatch.setattr(builder, "resolve_precision", lambda name, device: torch.bfloat16)
+    with pytest.raises(UnsupportedExportOption, match="cannot be exported to ONNX") as error:
+        export_model(cfg, model, "onnx", *size, str(tmp_path / "bf16.onnx"))
+    assert "\n" not in str(error.value)
+    module = export_model(cfg, model, "pt2", *size, path)
+    with open(path + ".json") as f:
+        assert json.load(f)["precision"] == "bf16"
+    backbone = module.inference_model.model.backbone
+    assert {p.dtype for p in backbone.parameters()} == {torch.bfloat16}
+    image = random_image(*size, seed=1)
+    got = load_graph(path, "pt2")(image.numpy())
+    result = agreement(eager_scores(module.inference_model, image), torch.as_tensor(got))
+    assert result["same_class"] >= 0.999, result
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
@@ -159,7 +196,7 @@ def test_runner_is_the_predictor_at_the_export_size(models, exports, tmp_path, f
     of another size gets scores at its own size."""
     from pointrend_sem.predictor import SemSegPredictor
 
-    cfg, model = models["demo"]
+    cfg, _, model = models["demo"]
     weights = str(tmp_path / "model.pth")
     torch.save({"model": model.state_dict()}, weights)
     cfg = cfg.clone()

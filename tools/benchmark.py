@@ -90,6 +90,7 @@ from pointrend_sem.capabilities import device_available
 from pointrend_sem.checkpoint import PointRendSemCheckpointer
 from pointrend_sem.engine import setup
 from pointrend_sem.errors import UserValueError, main_with_one_line_errors
+from pointrend_sem.inference import build_inference_model
 
 # tools/benchmarking beside this file: "tools.benchmarking" when imported (the tests),
 # "benchmarking" when run as ``python tools/benchmark.py`` (tools/ is first on sys.path)
@@ -253,22 +254,27 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     batch = inputs.detectron2_inputs(inputs.in_format(image_rgb, cfg.INPUT.FORMAT), args.batch_size)
     images = [x["image"] for x in batch]
     sizes = [(x["height"], x["width"]) for x in batch]
+    reference = None
+    if args.compare:
+        reference = references.build_reference(args.compare, cfg, model, image_rgb, args)
+    elif args.weights:
+        PointRendSemCheckpointer(model, strict_fit=True).load(args.weights)
+    # built once the weights are in the model (a reference copies its weights into ours)
+    inference_model = build_inference_model(model, cfg)
+    results["inference"] = inference_model.describe()
     ours = measure.Contender(
         "ours",
-        lambda: model.predict(images, sizes),
+        lambda: inference_model.predict(images, sizes),
         inputs.sem_seg_labels,
         keeps_freed_memory=cpu_memory.apply_memory_setting(cfg),
     )
     results["memory_reuse"] = memory_reuse(ours.keeps_freed_memory, device)
     contenders = [ours]
-    if args.compare:
-        reference = references.build_reference(args.compare, cfg, model, image_rgb, args)
+    if reference is not None:
         reference.keeps_freed_memory = args.reference_memory == "kept" and ours.keeps_freed_memory
         contenders.append(reference)
         results["reference"] = args.compare
         results["reference_memory_reuse"] = memory_reuse(reference.keeps_freed_memory, device)
-    elif args.weights:
-        PointRendSemCheckpointer(model, strict_fit=True).load(args.weights)
     if args.exported and not args.compare:
         image = inputs.in_format(image_rgb, cfg.INPUT.FORMAT)
         contenders.append(exported.build_exported_contender(args.exported, image, args.batch_size))
@@ -279,7 +285,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         cfg
     )  # ours' setting again for what follows (a reference ran last)
     results.update(report.inference_fields(records, args.batch_size))
-    results.update(point_share.measure_point_share(model, ours.forward, device))
+    results.update(point_share.measure_point_share(inference_model.model, ours.forward, device))
     if args.roofline:
         results.update(roofline.measure_ceilings(device))
         for contender in contenders:

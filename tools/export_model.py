@@ -6,8 +6,10 @@
     python tools/export_model.py --config-file configs/cityscapes_r50.yaml --format pt2 \
         --height 1024 --width 2048 --output out/r50.pt2 MODEL.WEIGHTS model.pth
 
-One graph (:class:`pointrend_sem.export.module.ExportableSegmentor`): normalization, backbone,
-coarse head, the S subdivision steps with min(M, H_k * W_k) points each, resize to H x W.
+One graph (:class:`pointrend_sem.export.module.ExportableSegmentor`, which traces the inference
+module the predictor runs): normalization, backbone, coarse head, the S subdivision steps with
+min(M, H_k * W_k) points each, resize to H x W. TEST.PRECISION bf16/fp16 is exported as it runs
+to pt2/aoti (the sidecar's "precision" says which) and refused for onnx.
 Input "image": float32 (1, 3, H, W) in INPUT.FORMAT's channel order, values 0-255; output
 "sem_seg": (1, C, H, W) scores. Formats: "onnx" (``torch.onnx.export(..., dynamo=True)``),
 "pt2" (``torch.export.export`` + ``torch.export.save``), "aoti" (AOTInductor package, a .pt2
@@ -58,7 +60,7 @@ from pointrend_sem.export.module import (
 )
 from pointrend_sem.export.runner import ExportedPredictor, load_graph
 from pointrend_sem.image_inputs import expand_image_inputs
-from pointrend_sem.modeling.precision import fp32_math
+from pointrend_sem.inference import build_inference_model, fp32_math
 
 # the check before success: same class on at least this fraction of pixels, scores within this
 # fraction of their largest magnitude
@@ -131,17 +133,17 @@ def check_exported(
     model, path: str, fmt: str, height: int, width: int, seed: int, runs: int
 ) -> Dict[str, float]:
     """Run the exported file (as the runner runs it: on the sidecar's device, see
-    :func:`~pointrend_sem.export.runner.load_graph`) and eager ``model.predict`` (on the model's
-    device) on one random image; their agreement, compared on CPU
-    (:func:`~pointrend_sem.export.module.agreement`), and median latencies (s).
+    :func:`~pointrend_sem.export.runner.load_graph`) and the eager inference module ``model``
+    (:class:`~pointrend_sem.inference.InferenceModel`, on its device) on one random image;
+    their agreement, compared on CPU (:func:`~pointrend_sem.export.module.agreement`), and
+    median latencies (s).
 
     Raises:
         UserValueError: they disagree beyond :data:`MIN_SAME_CLASS` / :data:`MAX_REL_DIFF`.
     """
     image = random_image(height, width, seed)
     run_graph = load_graph(path, fmt)
-    with torch.no_grad():
-        expected = model.predict([image[0]])[0]["sem_seg"][None].cpu()
+    expected = model.predict([image[0]])[0]["sem_seg"][None].cpu()
     # the graph's fp32 as the model's: IEEE fp32 on a GPU (cuDNN would take TF32 on Ampere+)
     with fp32_math("fp32", model.device):
         got = torch.from_numpy(run_graph(image.numpy()))  # on CPU
@@ -152,8 +154,7 @@ def check_exported(
             f"{result['same_class']:.4%} of pixels, scores within {MAX_REL_DIFF:g} of the "
             f"largest on {result['close_fraction']:.4%} (need {MIN_SAME_CLASS:.2%} each)."
         )
-    with torch.no_grad():
-        result["pytorch_s"] = median_latency(lambda: model.predict([image[0]]), runs)
+    result["pytorch_s"] = median_latency(lambda: model.predict([image[0]]), runs)
     result["exported_s"] = median_latency(lambda: run_graph(image.numpy()), runs)
     return result
 
@@ -161,7 +162,7 @@ def check_exported(
 def check_on_images(model, path: str, files: Sequence[str]) -> float:
     """The fraction of the pixels of ``files`` where the exported ``path``, run by
     :class:`~pointrend_sem.export.runner.ExportedPredictor`, predicts the class that the PyTorch
-    ``model`` predicts from the same resized input.
+    inference module ``model`` predicts from the same resized input.
 
     Raises:
         UserValueError: an image cannot be read, or the fraction is below
@@ -175,8 +176,7 @@ def check_on_images(model, path: str, files: Sequence[str]) -> float:
             raise UserValueError(f"--check-images: cannot read {file} as an image.")
         got = predictor(image_bgr)["sem_seg"].argmax(0).cpu()
         graph_input = torch.from_numpy(predictor.model_input(image_bgr)[0])
-        with torch.no_grad():
-            expected = model.predict([graph_input], [image_bgr.shape[:2]])[0]["sem_seg"]
+        expected = model.predict([graph_input], [image_bgr.shape[:2]])[0]["sem_seg"]
         same += (got == expected.argmax(0).cpu()).sum().item()
         total += got.numel()
     fraction = same / total
@@ -217,8 +217,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     start = time.perf_counter()
     export_model(cfg, model, args.format, args.height, args.width, args.output)
     seconds = time.perf_counter() - start
+    inference_model = build_inference_model(model, cfg)
     result = check_exported(
-        model, args.output, args.format, args.height, args.width, args.seed, args.runs
+        inference_model, args.output, args.format, args.height, args.width, args.seed, args.runs
     )
     size_mb = os.path.getsize(args.output) / 2**20
     print(
@@ -231,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         f"{result['pytorch_s'] * 1e3:.1f} ms, {args.format} {result['exported_s'] * 1e3:.1f} ms"
     )
     if files:
-        result["same_class_on_images"] = check_on_images(model, args.output, files)
+        result["same_class_on_images"] = check_on_images(inference_model, args.output, files)
         print(
             f"check on {len(files)} images (--check-images), through the runner: same class as "
             f"PyTorch on {result['same_class_on_images']:.4%} of pixels"

@@ -9,7 +9,8 @@ Panels: the input; the coarse head's prediction; for each subdivision step, the 
 (-(top1 - top2) of that step's upsampled logits, before its points are re-predicted) as a heat
 map over the image, with the points the step re-predicts; the final (refined) prediction.
 
-The model predicts through its one inference entry, ``model.predict(..., trace=trace)``, with a
+The model predicts through the inference module every prediction runs
+(``pointrend_sem.inference``), ``predict(..., trace=trace)``, with a
 :class:`~pointrend_sem.modeling.SubdivisionTrace` that records the steps; the tool shows the
 whole-image inference (``TEST.SLIDING_WINDOW.ENABLED`` False) and its coarse prediction
 (``MODEL.POINTREND_SEM.OUTPUT_COARSE`` True) whatever the config says.
@@ -34,6 +35,7 @@ from pointrend_sem.checkpoint import PointRendSemCheckpointer
 from pointrend_sem.data import build_test_augmentations
 from pointrend_sem.engine import add_opts_argument, check_weights_file, setup
 from pointrend_sem.errors import UserFileNotFoundError, main_with_one_line_errors
+from pointrend_sem.inference import build_inference_model
 from pointrend_sem.modeling import SubdivisionTrace, calculate_uncertainty
 from pointrend_sem.predictor import display_metadata, to_model_inputs
 
@@ -163,9 +165,10 @@ def _step_in_image(logits: torch.Tensor, coords: torch.Tensor, padded_size, imag
 
 @torch.no_grad()
 def collect_subdivision(model, inputs: Dict) -> Dict:
-    """Predict one input dict with ``model.predict`` (a ``PointRendSemanticSegmentor`` in eval
-    mode, with whole-image inference and ``output_coarse``; see ``FORCED_OPTS``), recording each
-    subdivision step in a :class:`SubdivisionTrace`.
+    """Predict one input dict with ``model.predict`` (an inference module, or a
+    ``PointRendSemanticSegmentor`` in eval mode, with whole-image inference and
+    ``output_coarse``; see ``FORCED_OPTS``), recording each subdivision step in a
+    :class:`SubdivisionTrace`.
 
     Args:
         inputs: "image" (3, h, w) in the model's input format, "height" H and "width" W of the
@@ -222,7 +225,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     PointRendSemCheckpointer(model, strict_fit=True).load(cfg.MODEL.WEIGHTS)
     image = read_image(args.input, format=cfg.INPUT.FORMAT)
     augmentations = T.AugmentationList(build_test_augmentations(cfg))
-    result = collect_subdivision(model, to_model_inputs(image, augmentations))
+    inference_model = build_inference_model(model, cfg)
+    result = collect_subdivision(inference_model, to_model_inputs(image, augmentations))
     rgb = image if cfg.INPUT.FORMAT == "RGB" else image[:, :, ::-1]
     metadata = display_metadata(cfg)
     fig = draw_point_panels(

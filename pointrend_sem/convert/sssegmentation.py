@@ -17,7 +17,7 @@ Everything is renamed one tensor to one tensor: the point head's BNs become the 
 ``MLPPointHead``'s fc layers (``MODEL.POINTREND_SEM.FC_NORM "SyncBN"``), so fine-tuning trains
 sssegmentation's model. On request (``fold_point_head_norms``) each BN is folded into the Conv1d
 before it instead, for a point head without norms (``FC_NORM ""``): exact in inference (see
-:func:`~pointrend_sem.modeling.conv_norm_folding.fold_batch_norm`), but fine-tuning from those
+torch's ``fuse_conv_bn_weights``), but fine-tuning from those
 weights trains another model.
 """
 
@@ -26,8 +26,8 @@ from collections import OrderedDict
 from typing import Dict, List, Mapping
 
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from ..modeling.conv_norm_folding import fold_batch_norm
 from .placement import (
     COARSE,
     POINT,
@@ -107,9 +107,12 @@ def _fold_point_head_norms(converted: StateDict) -> Dict[str, torch.Tensor]:
     for key, value in converted.items():
         layer = key[: -len(".weight")]
         if key.endswith(".weight") and layer in norms:
-            bn = [norms[layer][p].double() for p in _BN_PARAMS]
-            weight, bias = fold_batch_norm(value.double(), None, *bn, eps=_BN_EPS)
-            folded[key], folded[f"{layer}.bias"] = weight.to(value.dtype), bias.to(value.dtype)
+            gamma, beta, mean, var = (norms[layer][p].double() for p in _BN_PARAMS)
+            weight, bias = fuse_conv_bn_weights(
+                value.double(), None, mean, var, _BN_EPS, gamma, beta
+            )
+            folded[key] = weight.detach().to(value.dtype)
+            folded[f"{layer}.bias"] = bias.detach().to(value.dtype)
         elif not _POINT_NORM.match(key):
             folded[key] = value
     return folded

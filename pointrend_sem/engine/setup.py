@@ -20,7 +20,7 @@ from ..capabilities import runnable_device
 from ..config import add_pointrend_sem_config
 from ..cpu_memory import apply_memory_setting
 from ..errors import UserError, UserFileNotFoundError, UserKeyError, UserValueError
-from ..modeling.precision import resolve_precision
+from ..inference import resolve_precision
 from ..safe_load import TRUST_ENV, UntrustedCheckpointError, load_weights_file
 from .amp import check_cpu_amp
 

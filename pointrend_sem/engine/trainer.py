@@ -42,6 +42,7 @@ from ..evaluation import (
     build_cityscapes_evaluators,
     is_cityscapes_test_split,
 )
+from ..inference import build_inference_model
 from ..tta import SemanticSegmentorWithTTA
 from .amp import CPUAMPTrainerMixin
 from .checkpoint import make_writes_atomic
@@ -162,7 +163,9 @@ class Trainer(CPUAMPTrainerMixin, DefaultTrainer):  # SOLVER.AMP.ENABLED on CPU:
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        results = super().test(cfg, model, evaluators)
+        """detectron2's evaluation of the inference module of ``model`` (built here, from the
+        weights of this moment: :mod:`pointrend_sem.inference`)."""
+        results = super().test(cfg, build_inference_model(model, cfg), evaluators)
         log_refinement_gain(results, cfg.DATASETS.TEST)
         return results
 

@@ -1,15 +1,17 @@
 """The whole inference of a PointRend semantic segmentor at one fixed input size, as one graph.
 
-:class:`ExportableSegmentor` calls the pieces of
-:meth:`~pointrend_sem.modeling.PointRendSemanticSegmentor.predict`'s whole-image inference
-(``normalize_images``, the backbone, the head's adaptive subdivision ``inference``,
-:func:`~pointrend_sem.modeling.meta_arch.postprocess_logits`,
-:func:`~pointrend_sem.modeling.binary.as_two_channels`) on one image, so the exported graph and
-eager PyTorch share their code. What depends on the image's size is settled when it is built:
-the padded size (bottom/right padding to the backbone's size divisibility, worked out by the
-model's own ``pad_images``), the fraction of it the image covers, the points per subdivision step
-``min(M, H_k * W_k)``; and batch norms are folded into the convolutions once and for all, as
-``MODEL.FOLD_NORMS`` folds them at each eager call.
+:class:`ExportableSegmentor` traces the inference module that every other prediction runs
+(:func:`pointrend_sem.inference.build_inference_model`): its
+:meth:`~pointrend_sem.inference.InferenceModel.predict` on one image, at a size fixed when it is
+built, so the exported graph and eager PyTorch share one forward. What depends on the image's
+size (padding to the backbone's size divisibility, points per subdivision step
+``min(M, H_k * W_k)``) becomes a constant of the graph.
+
+What the config asks for is exported or refused: ``TEST.PRECISION`` bf16/fp16 is exported as it
+runs (backbone and coarse head in that dtype) to ``.pt2`` and AOTInductor, and refused for ONNX
+(ONNX Runtime's CPU provider has no bf16 or fp16 convolutions); batch norms are folded
+(``MODEL.FOLD_NORMS``). oneDNN's fused convolutions are an eager CPU kernel choice, not part of
+the graph: ONNX Runtime and Inductor fuse on their own. The sidecar records the precision.
 
 :func:`export_model` writes the graph as ONNX (``torch.onnx.export(..., dynamo=True)``), as a
 ``torch.export`` ExportedProgram (``.pt2``), or as an AOTInductor package (``.pt2``), with a
@@ -18,32 +20,21 @@ which the sidecar records ("device"); a ``.pt2`` ExportedProgram is saved with i
 (``move_to_device_pass``) so that it loads on any machine, an AOTInductor package is compiled for
 that device, an ONNX graph holds no device.
 
-Shape shorthand: H x W: the export size, H_p x W_p: H x W padded to the backbone's size
-divisibility, C: the model's output channels (max(classes, 2)).
+Shape shorthand: H x W: the export size, C: the model's output channels (max(classes, 2)).
 """
 
-import copy
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict
 
 import torch
-from detectron2.layers import Conv2d
 from torch import nn
 from torch.export.passes import move_to_device_pass
-from torch.nn import functional as F
 
-from ..capabilities import cpp_compiler
+from ..capabilities import DTYPE_NAMES, cpp_compiler
 from ..errors import UserValueError
-from ..modeling.binary import as_two_channels, num_output_channels
-from ..modeling.conv_norm_folding import (
-    NormFoldedConv2d,
-    NormFoldedPointFC,
-    fold_norm_into,
-    is_foldable,
-)
-from ..modeling.meta_arch import postprocess_logits
-from ..modeling.point_head import PointFC
+from ..inference import InferenceModel, build_inference_model
+from ..modeling.binary import num_output_channels
 from .runner import SIDECAR_SUFFIX
 
 # --format values of tools/export_model.py, and the file each writes
@@ -77,47 +68,33 @@ def check_exportable(cfg) -> None:
             )
 
 
-def bake_folded_norms_(model: nn.Module) -> int:
-    """Fold, in place and for good, the batch norm of every layer of ``model`` that
-    ``MODEL.FOLD_NORMS`` folds at each inference call (:mod:`~.modeling.conv_norm_folding`):
-    the layer gets the folded weight and bias (same arithmetic,
-    :func:`~.modeling.conv_norm_folding.fold_norm_into`) and no norm. Call it on a copy of an
-    eval-mode model; return the number of layers folded."""
-    count = 0
-    with torch.no_grad():
-        for module in model.modules():
-            if not isinstance(module, (NormFoldedConv2d, NormFoldedPointFC)):
-                continue
-            norm = module.norm
-            if not is_foldable(norm):
-                continue
-            weight, bias = fold_norm_into(module.weight, module.bias, norm)
-            module.weight = nn.Parameter(weight, requires_grad=False)
-            module.bias = nn.Parameter(bias, requires_grad=False)
-            module.norm = None
-            module.__class__ = Conv2d if isinstance(module, NormFoldedConv2d) else PointFC
-            count += 1
-    return count
+def check_precision_exportable(dtype: torch.dtype, fmt: str) -> None:
+    """Raise :class:`UnsupportedExportOption` (one line) for a reduced precision in a format
+    whose runtime cannot run it (ONNX: ONNX Runtime's CPU provider)."""
+    if fmt == "onnx" and dtype != torch.float32:
+        name = DTYPE_NAMES[dtype]
+        raise UnsupportedExportOption(
+            f"TEST.PRECISION {name} cannot be exported to ONNX: ONNX Runtime's CPU provider has "
+            f"no {name} convolutions; export --format pt2 (or aoti), or set TEST.PRECISION fp32."
+        )
 
 
 class ExportableSegmentor(nn.Module):
     """One (1, 3, H, W) float image in the input format (``INPUT.FORMAT``, values 0-255) ->
-    (1, C, H, W) logits, :meth:`~pointrend_sem.modeling.PointRendSemanticSegmentor.predict`'s
-    whole-image inference with output size H x W at a size fixed when built.
+    (1, C, H, W) fp32 logits: the inference module's
+    :meth:`~pointrend_sem.inference.InferenceModel.predict` at a size fixed when built.
 
     It runs in eager PyTorch too, with ``predict``'s results (tests/test_export.py).
     """
 
-    def __init__(self, model: nn.Module, height: int, width: int):
+    def __init__(self, inference_model: InferenceModel, height: int, width: int):
         """
         Args:
-            model: a :class:`~pointrend_sem.modeling.PointRendSemanticSegmentor` with
-                whole-image inference (``sliding_window`` None); it is copied (in eval mode,
-                norms folded when ``MODEL.FOLD_NORMS`` folds them), not changed.
+            inference_model: of a model with whole-image inference (``sliding_window`` None).
             height, width: H x W, the one input size of the graph.
         """
         super().__init__()
-        if getattr(model, "sliding_window", None) is not None:
+        if inference_model.model.sliding_window is not None:
             raise UnsupportedExportOption(
                 "TEST.SLIDING_WINDOW.ENABLED True cannot be exported: the exported graph runs "
                 "one whole-image inference at a fixed size; set TEST.SLIDING_WINDOW.ENABLED "
@@ -125,22 +102,8 @@ class ExportableSegmentor(nn.Module):
             )
         if height < 1 or width < 1:
             raise ValueError(f"The export size must be positive, got {height}x{width}.")
-        self.model = copy.deepcopy(model).eval()
-        bake_folded_norms_(self.model)
+        self.inference_model = inference_model
         self.height, self.width = int(height), int(width)
-        # the padding of the seam's own pad_images, learnt on an image of the export size
-        with torch.no_grad():
-            probe = torch.zeros(3, self.height, self.width, device=self.model.device)
-            self.padded_size: Tuple[int, int] = tuple(
-                int(s) for s in self.model.pad_images([probe]).tensor.shape[-2:]
-            )
-        fraction = (self.height / self.padded_size[0], self.width / self.padded_size[1])
-        # None when the image fills the padded tensor: the head then skips its padding mask
-        self.valid_fraction: Optional[Tuple[float, float]] = (
-            None if fraction == (1.0, 1.0) else fraction
-        )
-        self.direct = self.model.output_resize == "direct"
-        self.eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """
@@ -150,28 +113,8 @@ class ExportableSegmentor(nn.Module):
         Returns:
             (1, C, H, W) float32 logits.
         """
-        model = self.model
-        (normalized,) = model.normalize_images([image[0]])
-        pad_h, pad_w = self.padded_size[0] - self.height, self.padded_size[1] - self.width
-        batch = F.pad(normalized, (0, pad_w, 0, pad_h), value=0.0).unsqueeze(0)
-        if model.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        features = model.backbone(batch)
-        valid_fraction = None
-        if self.valid_fraction is not None:
-            valid_fraction = torch.tensor(
-                [self.valid_fraction], dtype=torch.float32, device=batch.device
-            )
-        refined, _ = model.sem_seg_head.inference(features, valid_fraction)
-        logits = postprocess_logits(
-            refined[0],
-            self.padded_size,
-            (self.height, self.width),
-            self.height,
-            self.width,
-            direct=self.direct,
-        )
-        return as_two_channels(logits, dim=0).unsqueeze(0).float()
+        (prediction,) = self.inference_model.predict([image[0]])
+        return prediction["sem_seg"].unsqueeze(0).float()
 
 
 def sidecar_path(path: str) -> str:
@@ -179,10 +122,13 @@ def sidecar_path(path: str) -> str:
     return path + SIDECAR_SUFFIX
 
 
-def sidecar(cfg, fmt: str, height: int, width: int, device: str = "cpu") -> Dict[str, Any]:
+def sidecar(
+    cfg, fmt: str, height: int, width: int, device: str = "cpu", precision: str = "fp32"
+) -> Dict[str, Any]:
     """What :mod:`.runner` needs to run an exported file like
     :class:`~pointrend_sem.predictor.SemSegPredictor`; ``device``: the device type the graph
-    was traced on ("cpu", "cuda"), where the runner runs it by default."""
+    was traced on ("cpu", "cuda"), where the runner runs it by default; ``precision``: the
+    dtype its backbone and coarse head run in ("fp32", "bf16", "fp16")."""
     return {
         "format": fmt,
         "input_name": INPUT_NAME,
@@ -193,6 +139,7 @@ def sidecar(cfg, fmt: str, height: int, width: int, device: str = "cpu") -> Dict
         "num_outputs": num_output_channels(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
         "resize_backend": cfg.INPUT.RESIZE_BACKEND,
         "device": torch.device(device).type,
+        "precision": precision,
         "torch_version": torch.__version__,
     }
 
@@ -236,20 +183,24 @@ def export_graph(module: ExportableSegmentor, example: torch.Tensor, fmt: str, p
 def export_model(
     cfg, model: nn.Module, fmt: str, height: int, width: int, path: str
 ) -> ExportableSegmentor:
-    """Export ``model`` (built from ``cfg``, weights loaded) at H x W, traced on its device, to
-    ``path`` in format ``fmt`` and write the sidecar ``PATH.json`` (which records that device);
-    return the exported module (for checks).
+    """Export the inference module of ``model`` (built from ``cfg``, weights loaded) at H x W,
+    traced on the model's device, to ``path`` in format ``fmt`` and write the sidecar
+    ``PATH.json`` (which records that device and the precision); return the exported module
+    (for checks).
 
     Raises:
-        UnsupportedExportOption: see :func:`check_exportable`.
+        UnsupportedExportOption: see :func:`check_exportable`, :func:`check_precision_exportable`.
     """
     check_exportable(cfg)
-    module = ExportableSegmentor(model, height, width).eval()
-    device = torch.device(module.model.device)
+    inference_model = build_inference_model(model, cfg, fuse_convs=False)
+    check_precision_exportable(inference_model.dtype, fmt)
+    module = ExportableSegmentor(inference_model, height, width).eval()
+    device = inference_model.device
     example = torch.zeros(1, 3, height, width, dtype=torch.float32, device=device)
     export_graph(module, example, fmt, path)
     with open(sidecar_path(path), "w") as f:
-        json.dump(sidecar(cfg, fmt, height, width, device.type), f, indent=2)
+        precision = DTYPE_NAMES[inference_model.dtype]
+        json.dump(sidecar(cfg, fmt, height, width, device.type, precision), f, indent=2)
     return module
 
 

@@ -110,8 +110,8 @@ def subdivision_steps_for(steps: int, common_stride: int) -> int:
 def build_coarse_head(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
     """The coarse head named by ``MODEL.POINTREND_SEM.COARSE_HEAD_NAME``, built from
     ``SEM_SEG_HEADS_REGISTRY``, checked against the contract (see the module's doc) and
-    initialised as ``MODEL.POINTREND_SEM.HEAD_INIT`` says. detectron2's ``SemSegFPNHead``
-    becomes a :class:`SharedUpsampleSemSegFPNHead` (same modules and results).
+    initialised as ``MODEL.POINTREND_SEM.HEAD_INIT`` says. detectron2's ``SemSegFPNHead`` is
+    built as a :class:`SharedUpsampleSemSegFPNHead` (its subclass: same modules and results).
 
     Args:
         input_shape: every map the backbone produces (its ``output_shape()``).
@@ -129,8 +129,11 @@ def build_coarse_head(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
             f"SEM_SEG_HEADS_REGISTRY; choose one of {choices}, or register your own "
             f"({_SEE_README})."
         )
+    head_class = SEM_SEG_HEADS_REGISTRY.get(name)
+    if head_class is SemSegFPNHead:
+        head_class = SharedUpsampleSemSegFPNHead  # same modules, one upsample
     try:
-        head = SEM_SEG_HEADS_REGISTRY.get(name)(cfg, input_shape)
+        head = head_class(cfg, input_shape)
     except Exception as e:
         missing = [f for f in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES if f not in input_shape]
         if not missing:
@@ -140,8 +143,6 @@ def build_coarse_head(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
             f"produce, and the coarse head {name!r} failed to build ({type(e).__name__}: "
             f"{' '.join(str(e).split())}); choose from {sorted(input_shape)}."
         ) from e
-    if type(head) is SemSegFPNHead:
-        head.__class__ = SharedUpsampleSemSegFPNHead  # same modules, one upsample
     check_coarse_head(head, name, input_shape, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     init_coarse_head_(head, cfg.MODEL.POINTREND_SEM.HEAD_INIT)
     return head

@@ -13,26 +13,13 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.structures import ImageList
-from torch import nn
 from torch.nn import functional as F
 
-from ..capabilities import fused_conv_runs
 from .binary import as_two_channels
-from .conv_norm_folding import fold_norms_in_inference, release_folded_weights
-from .precision import PRECISIONS, InferenceCopy, fp32_math, resolve_precision
 from .subdivision_trace import SubdivisionTrace
 
 # TEST.OUTPUT_RESIZE values, see postprocess_logits
 OUTPUT_RESIZES = ("via_input", "direct")
-
-
-def release_inference_caches(model: nn.Module) -> None:
-    """Drop what inference caches on ``model``: its inference copies (:mod:`.precision`) and the
-    folded weights of its norm-folded layers (:mod:`.conv_norm_folding`)."""
-    copies = getattr(model, "_inference_copies", None)
-    if copies:
-        copies.clear()
-    release_folded_weights(model)
 
 
 def postprocess_logits(
@@ -90,6 +77,25 @@ def sliding_windows(height: int, width: int, crop_size, stride) -> List[Tuple[in
             y2, x2 = min(row * stride_h + crop_h, height), min(col * stride_w + crop_w, width)
             windows.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
     return windows
+
+
+def padded_batch_size(
+    image_sizes: Sequence[Tuple[int, int]], size_divisibility: int, padding_constraints=None
+) -> Tuple[int, int]:
+    """(H, W) of a batch of images of ``image_sizes`` (H_i, W_i), as detectron2's
+    ``ImageList.from_tensors`` pads them: the largest size, square ``padding_constraints
+    ["square_size"]`` if given, rounded up to ``size_divisibility`` (or to ``padding_constraints
+    ["size_divisibility"]``). In Python ints, so that a traced graph (export) pads to constants
+    where ``from_tensors``'s tensor arithmetic would make data-dependent sizes."""
+    height = max(size[0] for size in image_sizes)
+    width = max(size[1] for size in image_sizes)
+    constraints = padding_constraints or {}
+    if constraints.get("square_size", 0) > 0:
+        height = width = constraints["square_size"]
+    stride = constraints.get("size_divisibility", size_divisibility)
+    if stride > 1:
+        height, width = -(-height // stride) * stride, -(-width // stride) * stride
+    return height, width
 
 
 # INPUT.TRAIN_PADDING values: to the batch's largest image, or to the crop size (image at the
@@ -152,6 +158,10 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
 
     Training and inference prepare images the same way: :meth:`normalize_images`, then
     :meth:`pad_images` (channels-last with ``MODEL.CHANNELS_LAST``).
+
+    This is the plain model: fp32, eager, what training runs and CUDA runs as it is. The
+    inference speed-ups (``TEST.PRECISION``, ``MODEL.FOLD_NORMS``, oneDNN fusion) are applied to
+    a copy of it by :func:`pointrend_sem.inference.build_inference_model`.
     """
 
     @configurable
@@ -161,10 +171,8 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         output_coarse: bool = False,
         sliding_window: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None,
         channels_last: bool = False,
-        fold_norms: bool = False,
         output_resize: str = "via_input",
         train_crop_padding: Optional[Tuple[Tuple[int, int], bool]] = None,
-        precision: str = "fp32",
         **kwargs,
     ):
         """
@@ -175,16 +183,11 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             channels_last: keep conv weights (hence feature maps) and the padded input batch, in
                 training and in inference, in channels-last (NHWC) memory layout, which oneDNN
                 (CPU) and cuDNN run faster; values are unchanged up to float rounding.
-            fold_norms: in inference, fold batch norms into the preceding convolutions
-                (:mod:`.conv_norm_folding`); values are unchanged up to float rounding.
             output_resize: how logits come back to the original size, "via_input" or
                 "direct" (``TEST.OUTPUT_RESIZE``, see :func:`postprocess_logits`).
             train_crop_padding: ((crop_h, crop_w), centered) to pad training images (with 0
                 after normalization) and labels (with the ignore value) to the crop size, or
                 None to pad to the largest image of the batch (``INPUT.TRAIN_PADDING``).
-            precision: ``TEST.PRECISION`` of inference, "fp32", "bf16", "fp16" or "auto": the
-                backbone and coarse head run in that dtype on a cached copy, the rest in fp32
-                (:mod:`.precision`).
             kwargs: see :class:`SemanticSegmentor`.
         """
         super().__init__(**kwargs)
@@ -199,37 +202,14 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
-        self.fold_norms = fold_norms
-        if fold_norms:
-            fold_norms_in_inference(self)
-        if precision not in PRECISIONS:
-            raise ValueError(
-                f"TEST.PRECISION must be one of {list(PRECISIONS)}, got {precision!r}."
-            )
-        self.precision = precision
-        self._inference_copies: Dict[str, InferenceCopy] = {}
-
-    def train(self, mode: bool = True):
-        """As ``nn.Module.train``; back in training mode (after an evaluation during training:
-        detectron2's ``inference_context`` restores it), the inference caches are released: the
-        reduced-precision / fused copies of the backbone and coarse head and the folded weights
-        of ``MODEL.FOLD_NORMS``. Training would make them stale anyway, and on a GPU they would
-        hold memory for the rest of the run; the next inference rebuilds them."""
-        if mode:
-            release_inference_caches(self)
-        return super().train(mode)
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ret["output_coarse"] = cfg.MODEL.POINTREND_SEM.OUTPUT_COARSE
         ret["channels_last"] = cfg.MODEL.CHANNELS_LAST
-        ret["fold_norms"] = cfg.MODEL.FOLD_NORMS
         ret["train_crop_padding"] = train_crop_padding_from_config(cfg)
         ret["output_resize"] = cfg.TEST.OUTPUT_RESIZE
-        # a precision the device cannot run stops here, before training or loading anything
-        resolve_precision(cfg.TEST.PRECISION, cfg.MODEL.DEVICE)
-        ret["precision"] = cfg.TEST.PRECISION
         window = cfg.TEST.SLIDING_WINDOW
         if window.ENABLED:
             ret["sliding_window"] = (tuple(window.CROP_SIZE), tuple(window.STRIDE))
@@ -244,17 +224,18 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
     def pad_images(self, images: List[torch.Tensor]) -> ImageList:
         """Normalized (3, H_i, W_i) images padded with 0 at the bottom/right into one
         (N, 3, H, W) ImageList (H, W: the largest image's size rounded up to the backbone's
-        size divisibility), in channels-last memory layout when ``channels_last``."""
-        batch = ImageList.from_tensors(
-            images,
-            self.backbone.size_divisibility,
-            padding_constraints=self.backbone.padding_constraints,
+        size divisibility, :func:`padded_batch_size`), in channels-last memory layout when
+        ``channels_last``."""
+        sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        height, width = padded_batch_size(
+            sizes, self.backbone.size_divisibility, self.backbone.padding_constraints
+        )
+        tensor = torch.stack(
+            [F.pad(image, (0, width - w, 0, height - h)) for image, (h, w) in zip(images, sizes)]
         )
         if self.channels_last:
-            batch = ImageList(
-                batch.tensor.contiguous(memory_format=torch.channels_last), batch.image_sizes
-            )
-        return batch
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return ImageList(tensor, sizes)
 
     def training_losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         """Losses of a training batch. Normalized images and labels are padded bottom/right to
@@ -314,9 +295,9 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         output_sizes: Optional[Sequence[Tuple[int, int]]] = None,
         trace: Optional[SubdivisionTrace] = None,
     ) -> List[Dict[str, torch.Tensor]]:
-        """The model's inference: every prediction (``forward`` in eval mode, test-time
-        augmentation, :class:`~pointrend_sem.predictor.SemSegPredictor`, the tools) comes
-        from here.
+        """The model's inference: ``forward`` in eval mode, and the inference module
+        (:mod:`pointrend_sem.inference`) that the predictor, the evaluator, test-time
+        augmentation and the tools run, come here.
 
         Images are normalized (:meth:`normalize_images`) and predicted as one padded batch
         (:meth:`pad_images`), or each from sliding windows when ``sliding_window`` is set.
@@ -352,14 +333,12 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
                 "A SubdivisionTrace records one whole-image prediction: pass a new one, and set "
                 "TEST.SLIDING_WINDOW.ENABLED False to trace a sliding-window model."
             )
-        with fp32_math(self.precision, self.device):  # IEEE fp32 on a GPU unless "tf32"
-            if self.sliding_window is None:
-                predictions = self._predict_whole(normalized, output_sizes, trace)
-            else:
-                predictions = [
-                    self._predict_sliding(image, size)
-                    for image, size in zip(normalized, output_sizes)
-                ]
+        if self.sliding_window is None:
+            predictions = self._predict_whole(normalized, output_sizes, trace)
+        else:
+            predictions = [
+                self._predict_sliding(image, size) for image, size in zip(normalized, output_sizes)
+            ]
         return [
             {key: as_two_channels(logits, dim=0) for key, logits in prediction.items()}
             for prediction in predictions
@@ -385,20 +364,17 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             (C, H_out, W_out).
         """
         batch = self.pad_images(images)
-        backbone, coarse_head, dtype = self.inference_modules()
-        features = backbone(batch.tensor if dtype is None else batch.tensor.to(dtype))
+        features = self.backbone(batch.tensor)
         padded_size = tuple(batch.tensor.shape[-2:])
-        sizes = torch.tensor(batch.image_sizes, dtype=torch.float32, device=self.device)
-        valid_fraction = sizes / torch.tensor(padded_size, dtype=torch.float32, device=self.device)
+        valid_fraction = None  # decided on Python ints: a traced graph (export) has no branch
+        if any(tuple(size) != padded_size for size in batch.image_sizes):
+            sizes = torch.tensor(batch.image_sizes, dtype=torch.float32, device=self.device)
+            padded = torch.tensor(padded_size, dtype=torch.float32, device=self.device)
+            valid_fraction = sizes / padded
         if trace is not None:
             trace.padded_size = padded_size
             trace.image_sizes = [tuple(size) for size in batch.image_sizes]
-        if coarse_head is None:
-            refined, coarse = self.sem_seg_head.inference(features, valid_fraction, trace)
-        else:
-            refined, coarse = self.sem_seg_head.inference(
-                features, valid_fraction, trace, coarse_head=coarse_head
-            )
+        refined, coarse = self.sem_seg_head.inference(features, valid_fraction, trace)
         direct = self.output_resize == "direct"
         outputs = []
         for i, size in enumerate(batch.image_sizes):
@@ -413,38 +389,6 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
                 }
             )
         return outputs
-
-    def inference_modules(self) -> Tuple[nn.Module, Optional[nn.Module], Optional[torch.dtype]]:
-        """(backbone, coarse head, dtype) that :meth:`predict` runs with ``TEST.PRECISION``.
-
-        * bf16 / fp16: cached copies in that dtype (:class:`.precision.InferenceCopy`, rebuilt
-          when a parameter changes), and the dtype;
-        * fp32 on a CPU where oneDNN's fused convolution runs, norms folded
-          (``MODEL.FOLD_NORMS``) and autograd off: cached fp32 copies whose convolutions run
-          fused with the ReLU or residual sum after them (:mod:`.onednn_fusion`), and None;
-        * otherwise the model's own backbone, None (the head's own coarse head) and None.
-        """
-        dtype = resolve_precision(self.precision, self.device)
-        copy_dtype = dtype
-        if (
-            dtype is None
-            and self.fold_norms
-            and self.device.type == "cpu"
-            and not torch.is_grad_enabled()
-            and fused_conv_runs(torch.float32)
-        ):
-            copy_dtype = torch.float32
-        if copy_dtype is None:
-            return self.backbone, None, None
-        coarse_head = getattr(self.sem_seg_head, "coarse_sem_seg_head", None)
-        modules = {"backbone": self.backbone, "coarse_head": coarse_head}
-        copies = {}
-        for name, module in modules.items():
-            cached = self._inference_copies.get(name)
-            if cached is None or cached.dtype != copy_dtype:
-                cached = self._inference_copies[name] = InferenceCopy(copy_dtype)
-            copies[name] = None if module is None else cached.get(module)
-        return copies["backbone"], copies["coarse_head"], dtype
 
     def _predict_sliding(
         self, image: torch.Tensor, output_size: Tuple[int, int]

@@ -94,14 +94,14 @@ def select_uncertain_grid_points(
         num_points: M; P = ``min(M, H * W)`` points are returned.
         valid_fraction: optional (N, 2) float tensor, the fraction (height, width) of the padded
             batch that each image really covers. Cells outside it (padding) are chosen last, so
-            the point budget is spent on the image.
+            the point budget is spent on the image. None: the images fill the batch.
 
     Returns:
         point_indices: (N, P) long tensor of flat indices into the H x W grid.
         point_coords: (N, P, 2) [0, 1]-normalized coordinates of the cell centres.
     """
     uncertainty = calculate_uncertainty(logits)
-    if valid_fraction is not None and bool((valid_fraction < 1).any()):
+    if valid_fraction is not None:
         height, width = logits.shape[-2:]
         rows = torch.arange(height, device=logits.device)
         cols = torch.arange(width, device=logits.device)

@@ -24,7 +24,6 @@ from .binary import is_one_logit, one_logit_loss_sum
 from .coarse_head import build_coarse_head, subdivision_steps_for
 from .point_head import build_point_head
 from .point_sampling import sample_training_points, select_uncertain_grid_points
-from .precision import point_sample_as_float
 from .subdivision_trace import SubdivisionTrace
 
 logger = logging.getLogger(__name__)
@@ -57,6 +56,12 @@ def cross_entropy_with_ignore(
     return loss / count
 
 
+def sample_point_features(features: torch.Tensor, point_coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples (N, C_f, P) of feature maps (N, C_f, H_f, W_f) at points (N, P, 2), (x, y)
+    in [0, 1] (detectron2's ``point_sample``, zero padding)."""
+    return point_sample(features, point_coords, align_corners=False)
+
+
 def write_point_logits_(
     logits: torch.Tensor, point_indices: torch.Tensor, point_logits: torch.Tensor
 ) -> None:
@@ -85,10 +90,10 @@ class PointRendSemHead(nn.Module):
     selected points from fine-grained features sampled at those points and the coarse logits
     there. Training selects points by importance sampling, inference by adaptive subdivision.
 
-    Contract: ``forward(features, targets) -> (None, losses)`` is detectron2's
-    :class:`SemanticSegmentor` head contract on its training side (the one side
-    :class:`~.meta_arch.PointRendSemanticSegmentor` uses); predictions come from
-    :meth:`inference`, which :meth:`~.meta_arch.PointRendSemanticSegmentor.predict` calls.
+    Contract: detectron2's semantic-head contract, ``forward(features, targets)`` ->
+    ``(None, losses)`` in training and ``forward(features)`` -> ``(logits, {})`` in eval mode;
+    :meth:`~.meta_arch.PointRendSemanticSegmentor.predict` calls :meth:`inference`, which also
+    returns the coarse logits and takes the part of the batch each image covers.
 
     Attribute names (``coarse_sem_seg_head``, ``point_head``) follow detectron2's
     ``PointRendSemSegHead`` so its checkpoints load without renaming.
@@ -145,6 +150,9 @@ class PointRendSemHead(nn.Module):
         self.point_loss_weight = point_loss_weight
         self.loss_avg_non_ignore = loss_avg_non_ignore
         self.points_off_padding = points_off_padding
+        # how point features are read from the maps; the inference layer's reduced-precision
+        # copy reads fp32 samples of bf16/fp16 maps (pointrend_sem.inference.precision)
+        self.sample_point_features = sample_point_features
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -229,15 +237,7 @@ class PointRendSemHead(nn.Module):
             (N, C, P) logits.
         """
         fine_grained = torch.cat(
-            [
-                (
-                    point_sample(features[f], point_coords, align_corners=False)
-                    if features[f].dtype == point_coords.dtype
-                    or torch.is_autocast_enabled(features[f].device.type)
-                    else point_sample_as_float(features[f], point_coords, coarse_logits.dtype)
-                )
-                for f in self.in_features
-            ],
+            [self.sample_point_features(features[f], point_coords) for f in self.in_features],
             dim=1,
         )
         coarse_at_points = point_sample(coarse_logits, point_coords, align_corners=False)
@@ -291,7 +291,6 @@ class PointRendSemHead(nn.Module):
         features: Dict[str, torch.Tensor],
         valid_fraction: Optional[torch.Tensor] = None,
         trace: Optional[SubdivisionTrace] = None,
-        coarse_head: Optional[nn.Module] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Predictions by adaptive subdivision: the head's inference contract.
 
@@ -305,18 +304,12 @@ class PointRendSemHead(nn.Module):
                 None: the images fill the batch. Ignored unless ``points_off_padding``.
             trace: if given, each step is appended to ``trace.steps``
                 (:meth:`SubdivisionTrace.add_step`).
-            coarse_head: run instead of ``coarse_sem_seg_head`` (a reduced-precision copy,
-                :mod:`.precision`); its logits are cast to fp32, so that point selection, the
-                point head and the refined logits are fp32 whatever the features' dtype.
 
         Returns:
             refined: (N, C, H_c * 2^S, W_c * 2^S) logits.
             coarse: (N, C, H_c, W_c) coarse logits.
         """
-        if coarse_head is None:
-            coarse_logits = self.coarse_sem_seg_head.layers(features)
-        else:
-            coarse_logits = coarse_head.layers(features).float()
+        coarse_logits = self.coarse_sem_seg_head.layers(features)
         # classes-first (NCHW) layout whatever the features': the x2 upsampling and the per-class
         # passes of the uncertainty run faster over whole class planes than over channels-last
         # pixels of C values (132 against 162 ms, 50 against 355 ms at 19 x 1024 x 2048)

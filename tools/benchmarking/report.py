@@ -19,6 +19,7 @@ ROWS: List[Tuple[str, str, Union[str, Callable[[Dict[str, Any]], str]]]] = [
     ("device", "device", "{}"),
     ("device_name", "device name", "{}"),
     ("precision", "inference precision (TEST.PRECISION)", "{}"),
+    ("inference", "ours: inference module", "{}"),
     ("height", "resolution (H x W)", lambda r: f"{r['height']}x{r['width']}"),
     ("batch_size", "batch size", "{}"),
     ("threads", "torch threads", "{}"),

@@ -5,7 +5,7 @@ FLOPs are counted as 2 per multiply-add (so a matmul of (M, K) by (K, N) is 2 M 
 products and the other ops it knows; elementwise ops, norms, sampling and sorting are not
 counted (they are memory-bound, a few % of the FLOPs). fvcore's ``FlopCountAnalysis`` reports
 multiply-adds, half this number. The oneDNN fused convolutions of a reduced-precision copy
-(``pointrend_sem.modeling.onednn_fusion``) are counted as the convolutions they are.
+(``pointrend_sem.inference.onednn_fusion``) are counted as the convolutions they are.
 """
 
 import time
@@ -71,7 +71,7 @@ def measure_ceilings(device: str, repeats: int = 5, scale: float = 1.0) -> Dict[
     run (:mod:`pointrend_sem.capabilities`) is not measured: "ceiling_<dtype>_skipped" says
     why."""
     from pointrend_sem.capabilities import precision_support
-    from pointrend_sem.modeling.precision import fp32_math
+    from pointrend_sem.inference import fp32_math
 
     gen = torch.Generator().manual_seed(0)
     size = max(int(MATMUL_SIZE * scale), 16)
@@ -117,7 +117,7 @@ def roofline_fields(
 def effective_precision(cfg) -> str:
     """The precision the backbone and coarse head run in: ``TEST.PRECISION`` with "auto"
     resolved on the config's device."""
-    from pointrend_sem.modeling.precision import resolve_precision
+    from pointrend_sem.inference import resolve_precision
 
     dtype: Optional[torch.dtype] = resolve_precision(cfg.TEST.PRECISION, cfg.MODEL.DEVICE)
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

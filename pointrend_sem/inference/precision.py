@@ -1,53 +1,39 @@
-"""Reduced-precision inference (``TEST.PRECISION``): the backbone and the coarse head in bf16 or
-fp16 with weights cast once, the rest of PointRend in fp32.
+"""Precision of inference (``TEST.PRECISION``): which dtype runs the backbone and the coarse head,
+checked against what the device can run, and the pieces that keep the rest of PointRend in fp32.
 
-Shape shorthand in this module: N: images, C_f x H_f x W_f: one backbone feature map.
+Shape shorthand in this module: N: images, C_f x H_f x W_f: one backbone feature map, P: points.
 
-What runs in which precision, and why (``PointRendSemanticSegmentor.predict``):
+What runs in which precision, and why (the inference copy of :mod:`.builder`):
 
-* backbone and coarse head: reduced precision, on a cached copy (:class:`InferenceCopy`)
-  whose batch norms are folded into the convolutions in fp32 before the cast. These hold nearly
-  all the FLOPs, and bf16 matrix units (AMX, tensor cores) run them several times faster;
-* coarse logits: cast to fp32 as they leave the coarse head, so that the subdivision's bilinear
-  upsampling, the uncertainty ranking and the choice of points see fp32 logits;
-* point head: fp32 on point features sampled from the reduced-precision feature maps (only the
-  sampled values are cast, not the maps); it is a small MLP over a few thousand points per
-  step, and it decides the class of exactly the pixels on the boundaries;
+* backbone and coarse head: reduced precision, their batch norms folded in fp32 before the
+  cast (:mod:`.norm_folding`). They hold nearly all the FLOPs, and bf16 matrix units (AMX,
+  tensor cores) run them several times faster; the padded input is cast as it enters
+  (:class:`CastInputBackbone`);
+* coarse logits: cast to fp32 as they leave the coarse head (:class:`Float32CoarseHead`), so
+  that the subdivision's bilinear upsampling, the uncertainty ranking and the choice of points
+  see fp32 logits;
+* point head: fp32 on point features sampled from the reduced-precision feature maps
+  (:func:`point_sample_as_float`: only the sampled values are cast, not the maps); it is a
+  small MLP over a few thousand points per step, and it decides the class of exactly the
+  pixels on the boundaries;
 * final logits: fp32.
 
 Which precisions a device runs is :mod:`pointrend_sem.capabilities`'s answer: a precision that
 it cannot run is refused with one line, where it is only emulated it runs with a warning, and
 "auto" picks bf16 only where the device has bf16 instructions.
-
-The fp32 parameters, the state dict and checkpoints are left as they are: training, a
-checkpoint load or ``model.to(device)`` after an inference makes the cached copy stale, and the
-next inference rebuilds it.
-
-fp32 on a CPU runs such a copy too, in fp32 (``inference_modules`` of the meta-architecture):
-its folded convolutions run fused with the ReLU or residual sum after them
-(:mod:`.onednn_fusion`), which saves a pass over every feature map they write.
 """
 
 import contextlib
-import copy
 import functools
 import logging
-from typing import Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional
 
 import torch
-from detectron2.layers import Conv2d
+from detectron2.modeling import Backbone
 from torch import nn
 
-from ..capabilities import (
-    DTYPE_NAMES,
-    cuda_has_ampere_math,
-    fused_conv_runs,
-    onednn_enabled,
-    precision_support,
-)
+from ..capabilities import cuda_has_ampere_math, onednn_enabled, precision_support
 from ..errors import UserValueError
-from .conv_norm_folding import fold_norm_into, is_foldable
-from .onednn_fusion import fuse_relu_convs_
 
 logger = logging.getLogger(__name__)
 
@@ -150,89 +136,6 @@ def _auto_precision(device_type: str, onednn_on: bool) -> Optional[torch.dtype]:
     return torch.bfloat16 if support.native else None
 
 
-def _state_key(module: nn.Module) -> Tuple:
-    """Identity and version of every parameter and buffer: changes when one is updated in place
-    (optimizer step, checkpoint load), replaced, or moved."""
-    return tuple(
-        (name, t.data_ptr(), t._version, t.dtype, t.device)
-        for name, t in list(module.named_parameters()) + list(module.named_buffers())
-    )
-
-
-def _fold_norms_(module: nn.Module) -> None:
-    """Fold, in place and in the tensors' dtype, every foldable batch norm of a detectron2
-    ``Conv2d`` of ``module`` into the conv's weight and bias, leaving ``conv.norm`` None."""
-    for conv in module.modules():
-        norm = getattr(conv, "norm", None)
-        if not isinstance(conv, Conv2d) or not is_foldable(norm):
-            continue
-        weight, bias = fold_norm_into(
-            conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), norm
-        )
-        conv.weight = nn.Parameter(weight, requires_grad=False)
-        conv.bias = nn.Parameter(bias, requires_grad=False)
-        conv.norm = None
-        # a NormFoldedConv2d becomes a plain Conv2d: its norm is in the weights now
-        conv.__class__ = Conv2d
-
-
-@functools.lru_cache(maxsize=None)
-def _log_unfused(dtype: torch.dtype) -> None:
-    logger.info(
-        f"oneDNN's fused convolution does not run in {DTYPE_NAMES[dtype]} here: the inference "
-        "copy runs plain convolutions and ReLUs (the same outputs, one more pass over memory)."
-    )
-
-
-class InferenceCopy:
-    """An eval-mode copy of a module for inference in a reduced dtype (or fp32), with its batch
-    norms folded (in fp32, then cast) and its convolutions fused with the ReLUs after them,
-    rebuilt whenever a parameter or buffer of the original changes.
-
-    Floating-point parameters and buffers are cast once per rebuild, not per call as
-    ``torch.autocast`` does. The copy is not a submodule of anything: state dicts, checkpoints,
-    optimizers and ``.to()`` see only the original.
-    """
-
-    def __init__(self, dtype: torch.dtype, fuse_relu: bool = True):
-        """
-        Args:
-            dtype: of the copy's floating-point parameters and buffers.
-            fuse_relu: run convolutions followed by a ReLU (or a residual sum and a ReLU) as one
-                fused call on CPU (:mod:`.onednn_fusion`).
-        """
-        self.dtype = dtype
-        self.fuse_relu = fuse_relu
-        self._key = None
-        self._copy: Optional[nn.Module] = None
-
-    def get(self, module: nn.Module) -> nn.Module:
-        """The reduced-precision copy of ``module``, rebuilt if ``module`` changed since the
-        last call."""
-        key = (id(module), _state_key(module))
-        if self._copy is None or key != self._key:
-            self._copy = None  # release the stale copy first
-            with torch.no_grad():
-                reduced = copy.deepcopy(module).eval()
-                for sub in reduced.modules():
-                    sub.__dict__.pop("_folded_cache", None)
-                    sub.__dict__.pop("_reduced_precision", None)
-                _fold_norms_(reduced)
-                reduced.to(self.dtype)
-                if self.fuse_relu and fused_conv_runs(self.dtype):
-                    fuse_relu_convs_(reduced)
-                elif self.fuse_relu:
-                    _log_unfused(self.dtype)
-            for param in reduced.parameters():
-                param.requires_grad_(False)
-            self._copy, self._key = reduced, key
-        return self._copy
-
-    def __deepcopy__(self, memo):
-        # a copied model rebuilds its own copy on first use
-        return InferenceCopy(self.dtype, self.fuse_relu)
-
-
 def point_sample_as_float(
     features: torch.Tensor, point_coords: torch.Tensor, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
@@ -271,3 +174,41 @@ def point_sample_as_float(
     gathered = flat.gather(2, index.reshape(n, 1, 4 * points).expand(n, channels, 4 * points))
     gathered = gathered.to(dtype).reshape(n, channels, 4, points)
     return (gathered * weights[:, None]).sum(dim=2)
+
+
+class CastInputBackbone(Backbone):
+    """A backbone whose parameters are in a reduced dtype, taking the fp32 (N, 3, H, W) batch:
+    it is cast as it enters. Size divisibility, padding constraints and output shapes are the
+    wrapped backbone's."""
+
+    def __init__(self, backbone: Backbone, dtype: torch.dtype):
+        super().__init__()
+        self.body = backbone
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.body(x.to(self.dtype))
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.body.size_divisibility
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return self.body.padding_constraints
+
+    def output_shape(self):
+        return self.body.output_shape()
+
+
+class Float32CoarseHead(nn.Module):
+    """A coarse head in a reduced dtype whose ``layers(features)`` (the coarse-head contract of
+    :mod:`pointrend_sem.modeling.coarse_head`) returns fp32 logits (N, C, H_c, W_c)."""
+
+    def __init__(self, coarse_head: nn.Module):
+        super().__init__()
+        self.body = coarse_head
+        self.common_stride = coarse_head.common_stride
+
+    def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.body.layers(features).float()

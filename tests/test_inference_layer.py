@@ -1,5 +1,7 @@
-"""The inference speed-ups (channels-last layout, batch norms folded into convolutions) change
-nothing but float rounding, keep checkpoints unchanged, and leave training alone."""
+"""The inference layer (pointrend_sem/inference): the model stays plain detectron2, and the
+inference module built from it (norms folded, convolutions fused, channels-last kept) changes
+nothing but float rounding, leaves the model's weights, checkpoints and training alone, and is
+rebuilt explicitly when the weights change."""
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from pointrend_sem.modeling.conv_norm_folding import NormFoldedConv2d, NormFoldedPointFC
+from pointrend_sem.inference import InferenceModel, build_inference_model
 from pointrend_sem.modeling.point_head import PointFC
 
 FAST = ["MODEL.CHANNELS_LAST", True, "MODEL.FOLD_NORMS", True]
@@ -34,39 +36,78 @@ def randomize_norm_statistics(model):
         ("cityscapes_r101_detectron2.yaml", ["MODEL.RESNETS.DEPTH", 50]),  # FrozenBN, GN head
     ],
 )
-def test_fast_inference_equals_plain_inference(config, opts):
+def plain_and_fast_models(config, opts):
+    """(plain model, model with the fast options, its config), same random weights and norm
+    statistics (as a trained model has)."""
     torch.manual_seed(0)
     plain = build_model(load_config(config, opts + PLAIN)).eval()
     randomize_norm_statistics(plain)
-    fast = build_model(load_config(config, opts + FAST)).eval()
-    fast.load_state_dict(plain.state_dict())
-    assert any(isinstance(m, NormFoldedConv2d) for m in fast.modules())
-    assert fast.backbone.bottom_up.stem.conv1.weight.is_contiguous(
-        memory_format=torch.channels_last
-    )
+    cfg = load_config(config, opts + FAST)
+    model = build_model(cfg).eval()
+    model.load_state_dict(plain.state_dict())
+    return plain, model, cfg
+
+
+def test_fast_inference_equals_plain_inference(config, opts):
+    plain, model, cfg = plain_and_fast_models(config, opts)
+    fast = build_inference_model(model, cfg)
+    assert fast.folded_norms > 0
+    assert fast.model.backbone.bottom_up.stem.conv1.norm is None  # folded in the copy only
+    assert model.backbone.bottom_up.stem.conv1.norm is not None
+    first_conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
     image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
     with torch.no_grad():
         expected = plain([{"image": image}])[0]["sem_seg"]
-        got = fast([{"image": image}])[0]["sem_seg"]
+    got = fast([{"image": image}])[0]["sem_seg"]
     scale = expected.abs().max()
     assert (got - expected).abs().max() <= 1e-4 * max(1.0, scale)
     assert (got.argmax(0) == expected.argmax(0)).float().mean() >= 0.999
 
 
-def test_folding_is_refreshed_when_weights_change_and_checkpoints_keep_norm_keys():
-    model = build_model(load_config("demo_synthetic.yaml", FAST)).eval()
-    keys = set(model.state_dict())
-    assert "backbone.bottom_up.stem.conv1.norm.running_var" in keys
+def test_the_model_stays_plain_and_the_inference_module_is_rebuilt_for_new_weights():
+    cfg = load_config("demo_synthetic.yaml", FAST)
+    model = build_model(cfg).train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    classes = {type(m) for m in model.modules()}
+    fast = build_inference_model(model, cfg)
+    assert isinstance(fast, InferenceModel) and fast.folded_norms > 0
+    # the model: same classes, weights, keys (checkpoints keep the norms) and training mode
+    assert {type(m) for m in model.modules()} == classes and model.training
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert "backbone.bottom_up.stem.conv1.norm.running_var" in model.state_dict()
+    assert not any(p.requires_grad for p in fast.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    # eval-only: detectron2's inference_context restores a training mode it cannot take
+    fast.train()
+    assert not fast.training and not fast.model.training
     image = [{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)}]
+    before = fast(image)[0]["sem_seg"]
     with torch.no_grad():
-        before = model(image)[0]["sem_seg"]
         model.backbone.bottom_up.stem.conv1.norm.running_var.mul_(4.0)
-        after = model(image)[0]["sem_seg"]
+    assert torch.equal(fast(image)[0]["sem_seg"], before)  # a copy: built from the old weights
+    after = build_inference_model(model.eval(), cfg)(image)[0]["sem_seg"]
     assert not torch.allclose(before, after)
 
 
+def test_head_serves_inference_through_the_semantic_head_contract():
+    """In eval mode ``sem_seg_head(features)`` returns the logits and an empty dict, as
+    detectron2's semantic heads do; the model's classes are those of ``predict``."""
+    model = build_model(load_config("demo_synthetic.yaml", PLAIN)).eval()
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        batch = model.pad_images(model.normalize_images([image]))
+        logits, losses = model.sem_seg_head(model.backbone(batch.tensor))
+        (output,) = model([{"image": image}])
+    assert losses == {} and logits.shape[:2] == (1, 5)
+    upsampled = torch.nn.functional.interpolate(logits, size=(64, 96), mode="bilinear")
+    assert torch.equal(upsampled[0].argmax(0), output["sem_seg"].argmax(0))
+
+
 def test_training_uses_the_unfolded_norms():
-    model = build_model(load_config("demo_synthetic.yaml", FAST)).train()
+    cfg = load_config("demo_synthetic.yaml", FAST)
+    model = build_model(cfg).train()
+    build_inference_model(model, cfg)
     batch = [
         {
             "image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8),
@@ -92,30 +133,30 @@ def conv_norm_pairs(model):
 
 
 def test_sync_bn_recipe_folds_every_conv_norm_pair():
-    model = build_model(load_config("cityscapes_r50.yaml", ["MODEL.WEIGHTS", "", *FAST]))
+    cfg = load_config("cityscapes_r50.yaml", ["MODEL.WEIGHTS", "", *FAST])
+    model = build_model(cfg).eval()
     pairs = conv_norm_pairs(model)
     assert len(pairs) == 62  # ResNet-50: 3 stem + 16 x 3 + 4 shortcut convs; coarse head: 7
     assert all(isinstance(m.norm, torch.nn.SyncBatchNorm) for m in pairs)
-    assert all(isinstance(m, NormFoldedConv2d) for m in pairs)
+    fast = build_inference_model(model, cfg, fuse_convs=False)
+    assert fast.folded_norms == 62 and conv_norm_pairs(fast) == []
 
 
 @pytest.mark.parametrize("config", ["cityscapes_r50.yaml", "voc_r50_sssegmentation.yaml"])
 def test_sync_bn_recipes_fold_in_inference_and_train_unfolded(config):
     """SyncBN in eval mode is a plain batch norm: folded (sssegmentation's FPN and point-head
     norms too), outputs as unfolded; training afterwards uses and updates batch statistics."""
-    torch.manual_seed(0)
-    plain = build_model(load_config(config, TINY_SYNC_BN + PLAIN)).eval()
-    randomize_norm_statistics(plain)
-    fast = build_model(load_config(config, TINY_SYNC_BN + FAST)).eval()
-    fast.load_state_dict(plain.state_dict())
-    pairs = conv_norm_pairs(fast)
+    plain, model, cfg = plain_and_fast_models(config, TINY_SYNC_BN)
+    pairs = conv_norm_pairs(model)
     assert pairs and all(isinstance(m.norm, torch.nn.SyncBatchNorm) for m in pairs)
-    assert all(isinstance(m, (NormFoldedConv2d, NormFoldedPointFC)) for m in pairs)
+    assert any(isinstance(m, PointFC) for m in pairs) == (config == "voc_r50_sssegmentation.yaml")
+    plain.output_coarse = model.output_coarse = True
+    fast = build_inference_model(model, cfg)
+    assert fast.folded_norms == len(pairs) and conv_norm_pairs(fast) == []
     image = torch.randint(0, 256, (3, 75, 101), dtype=torch.uint8)
-    plain.output_coarse = fast.output_coarse = True
     with torch.no_grad():
         expected = plain([{"image": image}])[0]
-        got = fast([{"image": image}])[0]
+    got = fast([{"image": image}])[0]
     scale = expected["sem_seg"].abs().max()
     assert (got["coarse_sem_seg"] - expected["coarse_sem_seg"]).abs().max() <= 1e-4 * scale
     # refined: a point whose uncertainty ties with another's within rounding may be refined in
@@ -123,12 +164,12 @@ def test_sync_bn_recipes_fold_in_inference_and_train_unfolded(config):
     close = (got["sem_seg"] - expected["sem_seg"]).abs().amax(dim=0) <= 1e-4 * scale
     assert close.float().mean() >= 0.99
 
-    norm = fast.backbone.bottom_up.stem.conv1.norm
+    norm = model.backbone.bottom_up.stem.conv1.norm
     before = norm.running_mean.clone()
     batch = [{"image": image[:, :16, :16], "sem_seg": torch.randint(0, 5, (16, 16))}] * 2
-    fast.train()
+    model.train()
     with EventStorage():
-        losses = fast(batch)
+        losses = model(batch)
     sum(losses.values()).backward()
     assert not torch.equal(norm.running_mean, before)
-    assert fast.backbone.bottom_up.stem.conv1.weight.grad is not None
+    assert model.backbone.bottom_up.stem.conv1.weight.grad is not None
