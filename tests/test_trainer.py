@@ -5,8 +5,8 @@ import json
 
 from conftest import TINY_MODEL, load_config
 
+from pointrend_sem.checkpoint import AtomicWritesPathManager
 from pointrend_sem.engine import Trainer
-from pointrend_sem.engine.checkpoint import AtomicWritesPathManager
 
 
 class WriterCountingTrainer(Trainer):

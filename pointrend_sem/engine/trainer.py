@@ -34,7 +34,12 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 from torch import nn
 
-from ..checkpoint import PointRendSemCheckpointer
+from ..checkpoint import (
+    PointRendSemCheckpointer,
+    checkpoint_to_read,
+    explain_unreadable_checkpoint,
+    make_writes_atomic,
+)
 from ..data import SemSegDatasetMapper
 from ..errors import UserValueError
 from ..evaluation import (
@@ -44,9 +49,7 @@ from ..evaluation import (
 )
 from ..tta import SemanticSegmentorWithTTA
 from .amp import CPUAMPTrainerMixin
-from .checkpoint import make_writes_atomic
 from .lr_schedule import build_poly_lr_scheduler
-from .setup import checkpoint_to_read, explain_unreadable_checkpoint
 
 # added to the result keys of evaluations with test-time augmentation (sem_seg_TTA, ...)
 TTA_SUFFIX = "_TTA"
