@@ -83,18 +83,6 @@ class PointRendSemCheckpointer(DetectionCheckpointer):
         self.strict_fit = strict_fit
         self._loading: str = ""
 
-    @classmethod
-    def from_checkpointer(cls, other: DetectionCheckpointer) -> "PointRendSemCheckpointer":
-        """A checkpointer of this class with the model, folder, ``save_to_disk``, checkpointables
-        (optimizer, scheduler, trainer, ...) and ``strict_fit`` (if any) of ``other``."""
-        return cls(
-            other.model,
-            other.save_dir,
-            save_to_disk=other.save_to_disk,
-            strict_fit=getattr(other, "strict_fit", False),
-            **other.checkpointables,
-        )
-
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         """As ``DetectionCheckpointer.load``; a ``file://`` URL names the local file. A URL's
         file whose name carries a hash prefix (``name-<sha256 prefix>.pth``) must match it
