@@ -73,10 +73,10 @@ class Trainer(DefaultTrainerWithHooks):
 
     @classmethod
     def build_ddp_model(cls, cfg, model):
-        """``model`` in DistributedDataParallel with :func:`ddp_arguments` (several processes):
-        detectron2's ``device_ids=[local rank]``, which torch refuses for a CPU model, and
+        """``model`` in DistributedDataParallel (several processes) with :func:`ddp_arguments`:
+        detectron2 gives ``device_ids=[local rank]``, which torch refuses for a CPU model, and
         ``broadcast_buffers=False``, which lets plain BatchNorm statistics drift apart between
-        processes, are not given where they fail."""
+        processes; each is left out where it fails."""
         kwargs = ddp_arguments(model, cfg.MODEL.DEVICE, comm.get_world_size())
         return create_ddp_model(model, **kwargs)
 
