@@ -11,16 +11,14 @@ import os
 import pointrend_sem  # noqa: F401  # isort: skip  (first: detectron2 imported quietly)
 from detectron2.engine import default_argument_parser, hooks, launch
 
-from pointrend_sem.checkpoint import PointRendSemCheckpointer
-from pointrend_sem.data.datasets import check_dataset_ready, register_from_file
-from pointrend_sem.engine import (
-    Trainer,
+from pointrend_sem.checkpoint import (
+    PointRendSemCheckpointer,
     check_weights_file,
     checkpoint_to_read,
     explain_unreadable_checkpoint,
-    merge_results,
-    setup,
 )
+from pointrend_sem.data.datasets import check_dataset_ready, register_from_file
+from pointrend_sem.engine import Trainer, merge_results, setup
 from pointrend_sem.errors import main_with_one_line_errors
 
 

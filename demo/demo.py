@@ -25,7 +25,8 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from visualization import VisualizationDemo
 
-from pointrend_sem.engine import add_opts_argument, check_weights_file, setup
+from pointrend_sem.checkpoint import check_weights_file
+from pointrend_sem.engine import add_opts_argument, setup
 from pointrend_sem.errors import (
     UserFileNotFoundError,
     UserValueError,

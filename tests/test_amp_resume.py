@@ -13,7 +13,7 @@ from torch import nn
 from pointrend_sem.capabilities import PrecisionSupport
 from pointrend_sem.engine import Trainer
 from pointrend_sem.engine import amp as amp_module
-from pointrend_sem.engine.amp import CPUAMPTrainer, ResumableAMPTrainer, adapt_step_trainer
+from pointrend_sem.engine.amp import CPUAMPTrainer, ResumableAMPTrainer, build_step_trainer
 
 # what a CUDA AMP run's checkpoint holds for its GradScaler (torch.amp.GradScaler.state_dict())
 SCALER_STATE = {
@@ -78,14 +78,21 @@ def test_a_scaler_state_is_ignored_without_amp_or_on_cpu(step_trainer):
     assert trainer.iter == 3
 
 
-def test_cuda_amp_trainer_becomes_resumable_with_the_same_scaler(monkeypatch):
+def test_step_trainer_by_amp_and_device(monkeypatch):
+    """Without AMP detectron2's SimpleTrainer; with AMP bf16 autocast on CPU, and on CUDA
+    detectron2's AMPTrainer, resumable, with torch.amp's gradient scaler."""
+    native = PrecisionSupport(True, True, "reported native by the test")
+    monkeypatch.setattr(amp_module, "precision_support", lambda dtype, device: native)
+    model, data_loader, optimizer = parts()
+    plain = build_step_trainer(model, data_loader, optimizer, amp=False)
+    assert type(plain) is SimpleTrainer and plain.model is model
+    cpu = build_step_trainer(model, data_loader, optimizer, amp=True)
+    assert type(cpu) is CPUAMPTrainer and cpu.precision == torch.bfloat16
     monkeypatch.setattr(amp_module, "on_cpu", lambda model: False)  # as for a CUDA model
-    detectron2s = quietly(AMPTrainer, *parts())
-    adapted = adapt_step_trainer(detectron2s)
-    assert type(adapted) is ResumableAMPTrainer
-    assert adapted.grad_scaler is detectron2s.grad_scaler and adapted.model is detectron2s.model
-    assert adapt_step_trainer(adapted) is adapted
-    assert adapt_step_trainer(SimpleTrainer(*parts())).__class__ is SimpleTrainer
+    cuda = quietly(build_step_trainer, model, data_loader, optimizer, amp=True)
+    assert type(cuda) is ResumableAMPTrainer and isinstance(cuda, AMPTrainer)
+    assert type(cuda.grad_scaler) is torch.amp.GradScaler
+    assert (cuda.model, cuda.data_loader, cuda.optimizer) == (model, data_loader, optimizer)
 
 
 def tiny_cfg(output_dir, max_iter, amp):

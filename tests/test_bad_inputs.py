@@ -23,10 +23,14 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
+from pointrend_sem.checkpoint import (
+    check_weights_file,
+    checkpoint_read_problem,
+    explain_unreadable_checkpoint,
+)
 from pointrend_sem.data import SemSegDatasetMapper
 from pointrend_sem.data.datasets import check_dataset_ready
-from pointrend_sem.engine import check_weights_file, explain_unreadable_checkpoint, setup
-from pointrend_sem.engine.setup import checkpoint_read_problem
+from pointrend_sem.engine import setup
 from pointrend_sem.errors import (
     DEBUG_ENV,
     UserError,

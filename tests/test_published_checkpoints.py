@@ -176,8 +176,8 @@ def test_readme_python_example_runs(mmseg_checkpoint, tmp_path, monkeypatch):
 def test_trainer_initializes_from_a_published_backbone(tmp_path):
     from conftest import TINY_MODEL
 
+    from pointrend_sem.checkpoint import AtomicWritesPathManager
     from pointrend_sem.engine import Trainer
-    from pointrend_sem.engine.checkpoint import AtomicWritesPathManager
 
     state = torchvision.models.resnet18().state_dict()
     source = tmp_path / "resnet18-f37072fd.pth"

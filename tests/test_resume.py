@@ -76,7 +76,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path):
 import os, signal, torch
 from torch import nn
 from detectron2.checkpoint import DetectionCheckpointer
-from pointrend_sem.engine.checkpoint import make_writes_atomic
+from pointrend_sem.checkpoint import make_writes_atomic
 ckpt = make_writes_atomic(DetectionCheckpointer(nn.Linear(4, 4), {str(tmp_path)!r}))
 ckpt.save("model_0000009")
 real_save = torch.save

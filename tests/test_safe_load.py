@@ -18,9 +18,13 @@ from conftest import load_config, one_line_error, run_tool
 from detectron2.modeling import build_model
 
 from pointrend_sem.checkpoint import CACHE_ENV, PointRendSemCheckpointer
+from pointrend_sem.checkpoint.safe_load import (
+    TRUST_ENV,
+    UntrustedCheckpointError,
+    load_weights_file,
+)
 from pointrend_sem.errors import UserValueError
 from pointrend_sem.predictor import SemSegPredictor
-from pointrend_sem.safe_load import TRUST_ENV, UntrustedCheckpointError, load_weights_file
 
 DEMO = ["--config-file", "configs/demo_synthetic.yaml"]
 

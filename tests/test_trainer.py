@@ -1,12 +1,14 @@
-"""The Trainer's seams with detectron2: metric writers built once and writing every LOG_PERIOD
-iterations, checkpoints written atomically."""
+"""The Trainer's seams with detectron2: the adapter builds what DefaultTrainer builds, metric
+writers built once and writing every LOG_PERIOD iterations, checkpoints written atomically."""
 
 import json
 
 from conftest import TINY_MODEL, load_config
+from detectron2.engine import DefaultTrainer
 
+from pointrend_sem.checkpoint import AtomicWritesPathManager, PointRendSemCheckpointer
 from pointrend_sem.engine import Trainer
-from pointrend_sem.engine.checkpoint import AtomicWritesPathManager
+from pointrend_sem.engine.defaults import DefaultTrainerWithHooks
 
 
 class WriterCountingTrainer(Trainer):
@@ -36,3 +38,27 @@ def test_writers_built_once_write_every_log_period_and_checkpoints_are_atomic(
     assert len(list(output_dir.glob("events.out.tfevents.*"))) == 1
     assert (output_dir / "last_checkpoint").read_text() == "model_final.pth"
     assert sorted(p.name for p in output_dir.glob("*.pth*")) == ["model_final.pth"]
+
+
+def test_the_adapter_builds_what_default_trainer_builds(tmp_path, monkeypatch):
+    """DefaultTrainerWithHooks.__init__ follows DefaultTrainer.__init__: the same attributes, of
+    the same types (with the default hooks), so that an upgrade of detectron2 that changes its
+    constructor fails here."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
+    opts = [*TINY_MODEL, "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()"]
+    built = {}
+    for base in (DefaultTrainer, DefaultTrainerWithHooks):
+        hooks = ("build_train_loader", "build_lr_scheduler")  # the recipe's loader and schedule
+        overrides = {name: getattr(Trainer, name).__func__ for name in hooks}
+        cfg = load_config(
+            "demo_synthetic.yaml", [*opts, "OUTPUT_DIR", str(tmp_path / base.__name__)]
+        )
+        trainer = type("Tiny" + base.__name__, (base,), overrides)(cfg)
+        built[base] = {name: type(value) for name, value in vars(trainer).items()}
+    assert built[DefaultTrainerWithHooks] == built[DefaultTrainer]
+
+    ours = Trainer(
+        load_config("demo_synthetic.yaml", [*opts, "OUTPUT_DIR", str(tmp_path / "ours")])
+    )
+    assert type(ours.checkpointer) is PointRendSemCheckpointer
+    assert set(vars(ours)) == set(built[DefaultTrainer]) | {"_metric_writers"}

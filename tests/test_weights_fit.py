@@ -120,9 +120,11 @@ def test_no_weights_keeps_the_random_initialization():
 def test_fine_tuning_logs_what_starts_from_scratch(three_classes, caplog):
     model = build_model(load_config())
     backbone_key = "backbone.bottom_up.stem.conv1.weight"
-    with caplog.at_level(logging.INFO, logger="pointrend_sem.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="pointrend_sem.checkpoint.checkpointer"):
         PointRendSemCheckpointer(model).load(three_classes)
-    lines = [r.getMessage() for r in caplog.records if r.name == "pointrend_sem.checkpoint"]
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "pointrend_sem.checkpoint.checkpointer"
+    ]
     assert len(lines) == 1, lines
     assert lines[0].startswith("7 parameters and buffers of the model start from scratch")
     assert three_classes in lines[0] and COARSE_PREDICTOR in lines[0]
@@ -138,7 +140,7 @@ def test_trainer_fine_tunes_from_a_checkpoint_of_another_class_count(tmp_path, m
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=False)
     assert any(
-        r.name == "pointrend_sem.checkpoint" and "start from scratch" in r.getMessage()
+        r.name == "pointrend_sem.checkpoint.checkpointer" and "start from scratch" in r.getMessage()
         for r in caplog.records
     ), caplog.text
 

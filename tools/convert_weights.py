@@ -38,6 +38,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from pointrend_sem import add_pointrend_sem_config
+from pointrend_sem.checkpoint.safe_load import load_weights_file
 from pointrend_sem.convert import ConversionError
 from pointrend_sem.convert.placement import BACKBONE_PREFIX
 from pointrend_sem.convert.published import (  # noqa: F401  (converter: for scripts and tests)
@@ -48,15 +49,14 @@ from pointrend_sem.convert.published import (  # noqa: F401  (converter: for scr
     converter,
 )
 from pointrend_sem.errors import UserError, UserFileNotFoundError, main_with_one_line_errors
-from pointrend_sem.safe_load import load_weights_file
 
 
 def load_state_dict(path: str, unsafe: bool = False) -> Dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, unwrapped from "state_dict"/"model" if nested.
 
-    Read by :func:`pointrend_sem.safe_load.load_weights_file` (no code from the file runs); with
-    ``unsafe`` (``--unsafe-load``, as ``POINTREND_SEM_TRUST_CHECKPOINTS=1``) a file that holds
-    other pickled objects loads too, with a warning.
+    Read by :func:`pointrend_sem.checkpoint.safe_load.load_weights_file` (no code from the file
+    runs); with ``unsafe`` (``--unsafe-load``, as ``POINTREND_SEM_TRUST_CHECKPOINTS=1``) a file
+    that holds other pickled objects loads too, with a warning.
     """
     try:
         checkpoint = load_weights_file(path, trust=True if unsafe else None)

@@ -48,8 +48,8 @@ from detectron2.modeling import build_model
 
 from pointrend_sem import main_with_one_line_errors
 from pointrend_sem.capabilities import device_available
-from pointrend_sem.checkpoint import PointRendSemCheckpointer
-from pointrend_sem.engine import check_weights_file, setup
+from pointrend_sem.checkpoint import PointRendSemCheckpointer, check_weights_file
+from pointrend_sem.engine import setup
 from pointrend_sem.errors import UserValueError
 from pointrend_sem.export.module import (
     FORMATS,

@@ -31,9 +31,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from pointrend_sem.checkpoint import PointRendSemCheckpointer
+from pointrend_sem.checkpoint import PointRendSemCheckpointer, check_weights_file
 from pointrend_sem.data import build_test_augmentations
-from pointrend_sem.engine import add_opts_argument, check_weights_file, setup
+from pointrend_sem.engine import add_opts_argument, setup
 from pointrend_sem.errors import UserFileNotFoundError, main_with_one_line_errors
 from pointrend_sem.inference import build_inference_model
 from pointrend_sem.modeling import SubdivisionTrace, calculate_uncertainty

@@ -6,11 +6,9 @@ scaler). On CPU, :class:`CPUAMPTrainer` runs each step under ``torch.autocast("c
 torch.bfloat16)`` instead; bf16 has fp32's exponent range, so no gradient scaler is needed.
 Parameters, gradients, optimizer state and checkpoints stay fp32.
 
-The adapter: ``DefaultTrainer.__init__`` builds the step trainer itself
-(``self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(...)``, no hook).
-:class:`CPUAMPTrainerMixin`, put before ``DefaultTrainer`` in a trainer's bases, intercepts that
-assignment: an :class:`AMPTrainer` over a CPU model is replaced by a :class:`CPUAMPTrainer` over
-the same model, data loader and optimizer. An AMPTrainer of a CUDA model becomes a
+The Trainer builds its step trainer with :func:`build_step_trainer` (through the
+``build_step_trainer`` hook of :class:`~pointrend_sem.engine.defaults.DefaultTrainerWithHooks`):
+with AMP, a :class:`CPUAMPTrainer` for a CPU model, and for a CUDA model a
 :class:`ResumableAMPTrainer`: detectron2's fp16 step with its gradient scaler, which also resumes
 from a checkpoint saved without AMP (no ``grad_scaler`` state: the scaler starts afresh).
 The reverse needs nothing: a checkpoint of an AMP run loaded by a trainer without AMP (or by
@@ -78,19 +76,18 @@ def on_cpu(model) -> bool:
     return param is None or param.device.type == "cpu"
 
 
-def adapt_step_trainer(trainer):
-    """``trainer``, unless it is a plain :class:`AMPTrainer`: then a :class:`CPUAMPTrainer`
-    (CPU model) or a :class:`ResumableAMPTrainer` (CUDA model, same gradient scaler) over the
-    same model, data loader and optimizer."""
-    if not isinstance(trainer, AMPTrainer) or isinstance(trainer, ResumableAMPTrainer):
-        return trainer
-    if on_cpu(trainer.model):
+def build_step_trainer(model, data_loader, optimizer, amp: bool) -> SimpleTrainer:
+    """The step trainer over ``model`` (or the DistributedDataParallel around it), ``data_loader``
+    and ``optimizer``: detectron2's :class:`SimpleTrainer` without ``amp``
+    (``SOLVER.AMP.ENABLED``), else a :class:`CPUAMPTrainer` for a CPU model (once
+    :func:`check_cpu_amp` allows it) or a :class:`ResumableAMPTrainer` for a CUDA one."""
+    if not amp:
+        return SimpleTrainer(model, data_loader, optimizer)
+    if on_cpu(model):
         check_cpu_amp()
         logger.info("SOLVER.AMP.ENABLED on CPU: bf16 autocast without a gradient scaler.")
-        return CPUAMPTrainer(trainer.model, trainer.data_loader, trainer.optimizer)
-    return ResumableAMPTrainer(
-        trainer.model, trainer.data_loader, trainer.optimizer, grad_scaler=trainer.grad_scaler
-    )
+        return CPUAMPTrainer(model, data_loader, optimizer)
+    return ResumableAMPTrainer(model, data_loader, optimizer)
 
 
 def check_cpu_amp() -> None:
@@ -110,16 +107,3 @@ def check_cpu_amp() -> None:
             f"SOLVER.AMP.ENABLED on this CPU runs emulated bf16: {support.detail}. "
             "SOLVER.AMP.ENABLED False (fp32) is faster here."
         )
-
-
-class CPUAMPTrainerMixin:
-    """Makes ``SOLVER.AMP.ENABLED`` work on CPU for a :class:`DefaultTrainer` subclass: the step
-    trainer it assigns to ``_trainer`` goes through :func:`adapt_step_trainer`."""
-
-    @property
-    def _trainer(self):
-        return self.__dict__["_step_trainer"]
-
-    @_trainer.setter
-    def _trainer(self, trainer):
-        self.__dict__["_step_trainer"] = adapt_step_trainer(trainer)

@@ -1,5 +1,6 @@
 """Trainer: detectron2's DefaultTrainer with semantic segmentation loaders, evaluators and the
-poly schedule."""
+poly schedule, through hooks only (:mod:`.defaults` adds the three detectron2's constructor
+lacks)."""
 
 import logging
 import os
@@ -8,20 +9,12 @@ from collections import OrderedDict
 from typing import Callable, Dict, List, Sequence
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import (
-    AMPTrainer,
-    DefaultTrainer,
-    SimpleTrainer,
-    TrainerBase,
-    create_ddp_model,
-    hooks,
-)
+from detectron2.engine import create_ddp_model, hooks
 from detectron2.evaluation import (
     DatasetEvaluator,
     DatasetEvaluators,
@@ -30,11 +23,15 @@ from detectron2.evaluation import (
 )
 from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 from torch import nn
 
-from ..checkpoint import PointRendSemCheckpointer
+from ..checkpoint import (
+    PointRendSemCheckpointer,
+    checkpoint_to_read,
+    explain_unreadable_checkpoint,
+    make_writes_atomic,
+)
 from ..data import SemSegDatasetMapper
 from ..errors import UserValueError
 from ..evaluation import (
@@ -44,10 +41,9 @@ from ..evaluation import (
 )
 from ..inference import build_inference_model
 from ..tta import SemanticSegmentorWithTTA
-from .amp import CPUAMPTrainerMixin
-from .checkpoint import make_writes_atomic
+from .amp import build_step_trainer
+from .defaults import DefaultTrainerWithHooks
 from .lr_schedule import build_poly_lr_scheduler
-from .setup import checkpoint_to_read, explain_unreadable_checkpoint
 
 # added to the result keys of evaluations with test-time augmentation (sem_seg_TTA, ...)
 TTA_SUFFIX = "_TTA"
@@ -59,57 +55,45 @@ EVALUATOR_BUILDERS: Dict[str, Callable[[str, str], List[DatasetEvaluator]]] = {
 }
 
 
-class Trainer(CPUAMPTrainerMixin, DefaultTrainer):  # SOLVER.AMP.ENABLED on CPU: see .amp
+class Trainer(DefaultTrainerWithHooks):
     """DefaultTrainer for PointRend semantic segmentation.
 
     * train loader: :class:`SemSegDatasetMapper` with the recipe's augmentations;
     * evaluators chosen from the dataset's ``evaluator_type`` (see ``EVALUATOR_BUILDERS``), plus
       the coarse prediction's metrics when ``MODEL.POINTREND_SEM.OUTPUT_COARSE``;
-    * ``SOLVER.LR_SCHEDULER_NAME: WarmupPolyLR`` (other names: detectron2's schedulers).
+    * ``SOLVER.LR_SCHEDULER_NAME: WarmupPolyLR`` (other names: detectron2's schedulers);
+    * several processes: DistributedDataParallel arguments that work on CPU and keep plain
+      BatchNorm statistics equal (:func:`ddp_arguments`);
+    * ``SOLVER.AMP.ENABLED``: bf16 on CPU, resumable across AMP on/off (:mod:`.amp`);
+    * checkpoints read by :class:`PointRendSemCheckpointer` and written atomically.
+
+    It overrides only hooks: detectron2's public ones, and the three of
+    :class:`~pointrend_sem.engine.defaults.DefaultTrainerWithHooks` (the one adapter to
+    detectron2's constructor).
     """
 
-    def __init__(self, cfg):
-        """As :class:`DefaultTrainer`, with checkpoints written atomically
-        (:func:`make_writes_atomic`: a run killed mid-save resumes from the last complete one).
+    @classmethod
+    def build_ddp_model(cls, cfg, model):
+        """``model`` in DistributedDataParallel (several processes) with :func:`ddp_arguments`:
+        detectron2 gives ``device_ids=[local rank]``, which torch refuses for a CPU model, and
+        ``broadcast_buffers=False``, which lets plain BatchNorm statistics drift apart between
+        processes; each is left out where it fails."""
+        kwargs = ddp_arguments(model, cfg.MODEL.DEVICE, comm.get_world_size())
+        return create_ddp_model(model, **kwargs)
 
-        Several processes take :meth:`_init_for_processes`: detectron2's ``create_ddp_model``,
-        called inside ``DefaultTrainer.__init__`` with no way to pass it arguments, gives
-        DistributedDataParallel ``device_ids=[local rank]``, which torch refuses for a CPU model,
-        and ``broadcast_buffers=False``, which lets plain BatchNorm statistics drift apart
-        between processes (:func:`ddp_arguments`).
-        """
-        if comm.get_world_size() > 1:
-            self._init_for_processes(cfg)
-        else:
-            super().__init__(cfg)
-        make_writes_atomic(self.checkpointer)
+    @classmethod
+    def build_step_trainer(cls, cfg, model, data_loader, optimizer):
+        """:func:`~pointrend_sem.engine.amp.build_step_trainer`: with ``SOLVER.AMP.ENABLED``,
+        bf16 autocast on CPU, detectron2's fp16 step (resumable without a scaler state) on
+        CUDA."""
+        return build_step_trainer(model, data_loader, optimizer, amp=cfg.SOLVER.AMP.ENABLED)
 
-    def _init_for_processes(self, cfg) -> None:
-        """``DefaultTrainer.__init__`` (detectron2 v0.6, engine/defaults.py) step for step, but for
-        the arguments given to DistributedDataParallel (:func:`ddp_arguments`). No public hook
-        replaces this: keep it in step with the installed detectron2 (tests/test_distributed.py
-        runs it)."""
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(
-            model, **ddp_arguments(model, cfg.MODEL.DEVICE, comm.get_world_size())
-        )
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+    def build_checkpointer(self, cfg, model):
+        """A :class:`PointRendSemCheckpointer` (published checkpoints of other code bases load
+        as ``MODEL.WEIGHTS``) that writes atomically (:func:`make_writes_atomic`: a run killed
+        mid-save resumes from the last complete checkpoint)."""
+        checkpointer = PointRendSemCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        return make_writes_atomic(checkpointer)
 
     def build_writers(self):
         """detectron2's metric writers (console, metrics.json, TensorBoard), remembered for
@@ -121,11 +105,7 @@ class Trainer(CPUAMPTrainerMixin, DefaultTrainer):  # SOLVER.AMP.ENABLED on CPU:
         """detectron2's hooks, its PeriodicWriter (every 20 iterations) replaced by one that
         writes every ``cfg.LOG_PERIOD`` iterations. The new hook takes the writers that
         ``DefaultTrainer.build_hooks`` built through :meth:`build_writers`, so each writer
-        (metrics.json opened for appending, TensorBoard's event file) exists once.
-
-        The checkpointer becomes a :class:`PointRendSemCheckpointer` first (published
-        checkpoints of other code bases load as ``MODEL.WEIGHTS``), before the hooks take it."""
-        self.checkpointer = PointRendSemCheckpointer.from_checkpointer(self.checkpointer)
+        (metrics.json opened for appending, TensorBoard's event file) exists once."""
         return [
             (
                 hooks.PeriodicWriter(self._metric_writers, period=self.cfg.LOG_PERIOD)

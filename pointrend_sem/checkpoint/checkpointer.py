@@ -11,11 +11,11 @@ its contents, not its name (:func:`pointrend_sem.convert.published.recognize_che
   ResNet, is converted as ``tools/convert_weights.py`` converts it
   (:func:`~pointrend_sem.convert.published.convert_checkpoint`, checked against the model being
   loaded; sssegmentation's point-head BNs are folded when that model's point head has no norms),
-  and the conversion is cached.
+  and the conversion is cached (:mod:`pointrend_sem.checkpoint.cache`).
 
-Every file is read by :func:`pointrend_sem.safe_load.load_weights_file`, which runs no code from
-it (detectron2 reads a ``.pkl`` with plain ``pickle.load``); the result is what detectron2's
-``_load_file`` returns for it. A URL's file whose name carries a SHA-256 prefix
+Every file is read by :func:`pointrend_sem.checkpoint.safe_load.load_weights_file`, which runs no
+code from it (detectron2 reads a ``.pkl`` with plain ``pickle.load``); the result is what
+detectron2's ``_load_file`` returns for it. A URL's file whose name carries a SHA-256 prefix
 (``name-<hex>.pth``) is checked against it; ``http://`` URLs are refused.
 
 Whether the checkpoint fits the model is judged in one place, the checkpointer's
@@ -26,17 +26,9 @@ checkpoint). With ``strict_fit=True`` (evaluation and prediction) the first one 
 a :class:`~pointrend_sem.errors.UserValueError`: the model would run with random values there.
 Without it (training, fine-tuning) they start from scratch, named in one info line. Keys of the
 checkpoint that the model lacks are only warned about, as detectron2 does.
-
-The cache: ``$POINTREND_SEM_CACHE`` (default ``~/.cache/pointrend_sem``) ``/converted/
-<file name>-<key>.pth``, the key a hash of the source file's absolute path, size and modification
-time (and of whether the norms were folded), so that a file changed in place is converted anew.
-A URL is downloaded by detectron2's PathManager into its own cache first (``~/.torch/
-iopath_cache``), which is the file keyed here. An entry that cannot be read is converted again.
 """
 
-import hashlib
 import logging
-import os
 import zipfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlparse
@@ -47,69 +39,19 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _filter_reused_missing_keys, _IncompatibleKeys
 from torch import nn
 
-from .convert.placement import BN_COUNTER, ConversionError
-from .convert.published import (
+from ..convert.placement import BN_COUNTER, ConversionError
+from ..convert.published import (
     DESCRIPTIONS,
     check_converted,
     convert_checkpoint,
     has_point_head_norms,
     recognize_checkpoint,
 )
-from .errors import UserValueError
+from ..errors import UserValueError
+from .cache import cache_path, read_cache, write_cache
 from .safe_load import check_hash_prefix, is_plain_pickle, load_weights_file
 
-CACHE_ENV = "POINTREND_SEM_CACHE"
-# bump when a converter changes what it writes, so that older cache entries are not used
-CACHE_VERSION = 1
-
 logger = logging.getLogger(__name__)
-
-
-def cache_dir() -> str:
-    """Folder of the converted checkpoints: ``$POINTREND_SEM_CACHE/converted``, by default
-    ``~/.cache/pointrend_sem/converted``."""
-    root = os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "pointrend_sem")
-    return os.path.join(os.path.expanduser(root), "converted")
-
-
-def cache_path(filename: str, fold_point_head_norms: bool) -> str:
-    """Where the conversion of the local file ``filename`` is cached (see the module's doc)."""
-    stat = os.stat(filename)
-    identity = f"{os.path.abspath(filename)}|{stat.st_size}|{stat.st_mtime_ns}|"
-    identity += f"{int(fold_point_head_norms)}|{CACHE_VERSION}"
-    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    stem = os.path.splitext(os.path.basename(filename))[0]
-    return os.path.join(cache_dir(), f"{stem}-{key}.pth")
-
-
-def _read_cache(path: str) -> Optional[Dict[str, Any]]:
-    """A cache entry ``{"model", "source"}``; None when absent or unreadable (then rebuilt)."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(entry, dict) and isinstance(entry.get("model"), dict):
-            if entry.get("source") in DESCRIPTIONS:
-                return entry
-    except Exception:  # torch raises errors of many kinds for a truncated or foreign file
-        pass
-    logger.warning(f"The cached conversion {path} cannot be read; converting again.")
-    return None
-
-
-def _write_cache(path: str, entry: Dict[str, Any]) -> None:
-    """Write ``entry`` to ``path`` through a temporary file renamed over it, so that a reader
-    never sees half a file; a cache that cannot be written is only logged."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(entry, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        logger.warning(f"Cannot cache the converted checkpoint at {path}: {e}")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _class_counts(incorrect_shapes: Sequence[Tuple[str, Tuple, Tuple]]) -> Optional[Tuple]:
@@ -141,29 +83,17 @@ class PointRendSemCheckpointer(DetectionCheckpointer):
         self.strict_fit = strict_fit
         self._loading: str = ""
 
-    @classmethod
-    def from_checkpointer(cls, other: DetectionCheckpointer) -> "PointRendSemCheckpointer":
-        """A checkpointer of this class with the model, folder, ``save_to_disk``, checkpointables
-        (optimizer, scheduler, trainer, ...) and ``strict_fit`` (if any) of ``other``."""
-        return cls(
-            other.model,
-            other.save_dir,
-            save_to_disk=other.save_to_disk,
-            strict_fit=getattr(other, "strict_fit", False),
-            **other.checkpointables,
-        )
-
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         """As ``DetectionCheckpointer.load``; a ``file://`` URL names the local file. A URL's
         file whose name carries a hash prefix (``name-<sha256 prefix>.pth``) must match it
-        (:func:`~pointrend_sem.safe_load.check_hash_prefix`; a download that does not is
+        (:func:`~pointrend_sem.checkpoint.safe_load.check_hash_prefix`; a download that does not is
         deleted); an ``http://`` URL is refused.
 
         Raises:
             UserValueError: with ``strict_fit``, a checkpoint that does not fit the model
                 (:meth:`_load_model`); a file that does not match its hash; an ``http://`` URL;
                 a file that asks for Python objects besides weights
-                (:func:`~pointrend_sem.safe_load.load_weights_file`).
+                (:func:`~pointrend_sem.checkpoint.safe_load.load_weights_file`).
         """
         if path and "://" in path:
             path = self._checked_url(path)
@@ -266,7 +196,7 @@ class PointRendSemCheckpointer(DetectionCheckpointer):
         """
         fold = not has_point_head_norms(self.model.state_dict())
         cached_at = cache_path(filename, fold)
-        entry = _read_cache(cached_at)
+        entry = read_cache(cached_at)
         if entry is None:
             loaded = self._read(filename)
             recognized = recognize_checkpoint(loaded)
@@ -274,7 +204,7 @@ class PointRendSemCheckpointer(DetectionCheckpointer):
                 return loaded
             source, state = recognized
             entry = {"model": self._convert(filename, source, state, fold), "source": source}
-            _write_cache(cached_at, entry)
+            write_cache(cached_at, entry)
             how = f"converted, cached at {cached_at}"
         else:
             source = entry["source"]
@@ -285,9 +215,9 @@ class PointRendSemCheckpointer(DetectionCheckpointer):
 
     def _read(self, filename: str) -> Dict[str, Any]:
         """The file as detectron2 reads it, read by
-        :func:`~pointrend_sem.safe_load.load_weights_file` (no code from the file runs; detectron2
-        unpickles every ``.pkl`` with plain pickle), and a file torch saved (a zip archive) read
-        as a torch file whatever its name."""
+        :func:`~pointrend_sem.checkpoint.safe_load.load_weights_file` (no code from the file runs;
+        detectron2 unpickles every ``.pkl`` with plain pickle), and a file torch saved (a zip
+        archive) read as a torch file whatever its name."""
         loaded = load_weights_file(filename)
         if is_plain_pickle(filename):
             return self._model_zoo_layout(loaded)

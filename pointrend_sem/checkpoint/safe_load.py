@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.hub import HASH_REGEX
 
-from .errors import UserValueError
+from ..errors import UserValueError
 
 TRUST_ENV = "POINTREND_SEM_TRUST_CHECKPOINTS"
 # torch.hub's check_hash takes any length; shorter "hashes" are parts of names ("R-50.pkl")
