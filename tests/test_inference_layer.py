@@ -29,13 +29,6 @@ def randomize_norm_statistics(model):
             module.weight.data.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
 
 
-@pytest.mark.parametrize(
-    "config, opts",
-    [
-        ("demo_synthetic.yaml", []),  # BN in eval mode
-        ("cityscapes_r101_detectron2.yaml", ["MODEL.RESNETS.DEPTH", 50]),  # FrozenBN, GN head
-    ],
-)
 def plain_and_fast_models(config, opts):
     """(plain model, model with the fast options, its config), same random weights and norm
     statistics (as a trained model has)."""
@@ -48,6 +41,13 @@ def plain_and_fast_models(config, opts):
     return plain, model, cfg
 
 
+@pytest.mark.parametrize(
+    "config, opts",
+    [
+        ("demo_synthetic.yaml", []),  # BN in eval mode
+        ("cityscapes_r101_detectron2.yaml", ["MODEL.RESNETS.DEPTH", 50]),  # FrozenBN, GN head
+    ],
+)
 def test_fast_inference_equals_plain_inference(config, opts):
     plain, model, cfg = plain_and_fast_models(config, opts)
     fast = build_inference_model(model, cfg)
