@@ -132,3 +132,34 @@ def test_device_fallback_is_decided_in_one_place(gpu, monkeypatch):
     assert capabilities.runnable_device("cuda:1") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert capabilities.runnable_device("cuda") == "cpu"
+
+
+def test_evaluation_runs_an_inference_module_of_the_current_weights(monkeypatch):
+    """Trainer.test (``--eval-only`` and each evaluation during training) evaluates an inference
+    module built at that moment from the model's weights, not the training model."""
+    from detectron2.engine import defaults
+
+    from pointrend_sem.engine import Trainer
+    from pointrend_sem.inference import InferenceModel
+
+    evaluated = []
+
+    def record(model, loader, evaluator):
+        evaluated.append(model)
+        return {"sem_seg": {"mIoU": 1.0}}
+
+    monkeypatch.setattr(defaults, "inference_on_dataset", record)
+    monkeypatch.setattr(Trainer, "build_test_loader", classmethod(lambda cls, cfg, name: []))
+    monkeypatch.setattr(Trainer, "build_evaluator", classmethod(lambda cls, *args: None))
+    cfg = load_config()
+    model = build_model(cfg).train()
+    Trainer.test(cfg, model)
+    with torch.no_grad():
+        model.sem_seg_head.point_head.predictor.bias.add_(1.0)
+    Trainer.test(cfg, model)
+    first, second = evaluated
+    assert isinstance(first, InferenceModel) and isinstance(second, InferenceModel)
+    assert model.training and first.model is not model
+    bias = model.sem_seg_head.point_head.predictor.bias
+    assert torch.equal(second.model.sem_seg_head.point_head.predictor.bias, bias)
+    assert not torch.equal(first.model.sem_seg_head.point_head.predictor.bias, bias)

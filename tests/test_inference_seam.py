@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch.nn import functional as F
 
+from pointrend_sem.inference import InferenceModel
 from pointrend_sem.modeling import SubdivisionTrace
 from pointrend_sem.modeling.binary import as_two_channels, num_output_channels
 from pointrend_sem.modeling.pointrend_head import write_point_logits_
@@ -129,8 +130,9 @@ def test_tta_predicts_each_scale_through_predict():
     cfg = load_config("demo_synthetic.yaml", ["TEST.AUG.SCALE_RATIOS", (0.5, 1.0, 1.5)])
     model = build_model(cfg).eval()
     tta = SemanticSegmentorWithTTA.from_config(cfg, model)
+    assert isinstance(tta.model, InferenceModel)  # the inference module of the model
     inputs = [{"image": images([(75, 101)])[0], "height": 75, "width": 101}]
-    with mock.patch.object(model, "predict", wraps=model.predict) as spy:
+    with mock.patch.object(tta.model, "predict", wraps=tta.model.predict) as spy:
         with mock.patch.object(type(model), "forward", side_effect=AssertionError("forward")):
             out = tta(inputs)[0]
     assert spy.call_count == 3  # one batch of (view, flipped view) per scale
@@ -154,17 +156,18 @@ def test_predictor_goes_through_predict():
     cfg = load_config("demo_synthetic.yaml", ["MODEL.WEIGHTS", ""])
     predictor = SemSegPredictor(cfg)
     image_bgr = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
-    model = predictor.model
-    with mock.patch.object(model, "predict", wraps=model.predict) as spy:
+    fast = predictor.inference_model
+    with mock.patch.object(fast, "predict", wraps=fast.predict) as spy:
         out = predictor(image_bgr)
     assert spy.call_count == 1
     (views, sizes), _ = spy.call_args
     inputs = predictor.model_inputs(image_bgr)  # resized for test
     assert sizes == [(70, 90)] and torch.equal(views[0], inputs["image"])
-    with torch.no_grad():
-        expected = model([inputs])[0]
-    assert torch.equal(out["sem_seg"], expected["sem_seg"])
+    assert torch.equal(out["sem_seg"], fast([inputs])[0]["sem_seg"])
     assert out["sem_seg"].shape == (5, 70, 90)
+    with torch.no_grad():  # the plain model's classes
+        plain = predictor.model([inputs])[0]["sem_seg"]
+    assert (plain.argmax(0) == out["sem_seg"].argmax(0)).float().mean() >= 0.999
 
 
 def test_head_forward_is_detectron2s_semantic_head_contract():

@@ -5,8 +5,8 @@ import logging
 from collections import OrderedDict
 
 import pytest
-import torch
 from conftest import load_config
+from detectron2.modeling import build_model
 
 from pointrend_sem.engine import TTA_SUFFIX, Trainer, merge_results
 from pointrend_sem.engine import trainer as trainer_module
@@ -96,7 +96,7 @@ def copypaste_tasks(records):
 
 def test_tta_results_and_copypaste_lines_say_tta(logs, fake_inference):
     cfg = load_config(opts=["DATASETS.TEST", (VAL,)])
-    results = FakeEvaluatorTrainer.test_with_TTA(cfg, torch.nn.Identity())
+    results = FakeEvaluatorTrainer.test_with_TTA(cfg, build_model(cfg))
     assert list(results) == ["sem_seg_TTA", "coarse_sem_seg_TTA"]
     assert results["sem_seg_TTA"]["mIoU"] == 80.0
     assert copypaste_tasks(logs) == ["sem_seg_TTA", "coarse_sem_seg_TTA"]
@@ -108,7 +108,7 @@ def test_tta_results_and_copypaste_lines_say_tta(logs, fake_inference):
 
 def test_tta_results_of_several_datasets_keep_them_apart(logs, fake_inference):
     cfg = load_config(opts=["DATASETS.TEST", (VAL, "other_val")])
-    results = FakeEvaluatorTrainer.test_with_TTA(cfg, torch.nn.Identity())
+    results = FakeEvaluatorTrainer.test_with_TTA(cfg, build_model(cfg))
     assert list(results) == [VAL, "other_val"]
     assert list(results["other_val"]) == ["sem_seg_TTA", "coarse_sem_seg_TTA"]
     assert results["other_val"]["sem_seg_TTA"]["mIoU"] == 90.0

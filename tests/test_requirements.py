@@ -18,11 +18,6 @@ TORCH_APIS = [
     (r"torch\.export\.(export|save|load)\(", "2.1", "torch.export: 2.1"),
     (r"torch\.amp\.GradScaler\(", "2.3", "torch.amp.GradScaler(device): 2.3"),
     (
-        r"torch\.is_autocast_enabled\(\s*[^)\s]",
-        "2.4",
-        "is_autocast_enabled(device_type): pytorch#124359 (Apr 2024), 2.4",
-    ),
-    (
         r"torch\.serialization\.safe_globals\(",
         "2.5",
         "the safe_globals context manager: after add_safe_globals (2.4), pytorch/xla#7799",
