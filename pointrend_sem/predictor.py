@@ -16,7 +16,6 @@ from detectron2.utils.colormap import colormap
 
 from .capabilities import runnable_device
 from .checkpoint import PointRendSemCheckpointer
-from .cpu_memory import apply_memory_setting
 from .data import build_test_augmentations
 from .modeling.binary import num_output_channels
 
@@ -45,8 +44,7 @@ class SemSegPredictor:
     sssegmentation or detectron2, loaded as it is (:class:`PointRendSemCheckpointer`); one that
     does not fit the model (an entry of another shape, or missing) raises a ``UserValueError``
     naming it and the fix (``strict_fit``); ``MODEL.WEIGHTS ""`` keeps the random
-    initialization. On a CPU, ``MODEL.KEEP_FREED_MEMORY`` takes effect when the predictor is made
-    (:mod:`pointrend_sem.cpu_memory`).
+    initialization.
     """
 
     def __init__(self, cfg):
@@ -57,7 +55,6 @@ class SemSegPredictor:
             cfg = cfg.clone()
             cfg.defrost()
             cfg.MODEL.DEVICE = "cpu"
-        apply_memory_setting(cfg)
         self.model = build_model(cfg)
         self.model.eval()
         PointRendSemCheckpointer(self.model, strict_fit=True).load(cfg.MODEL.WEIGHTS)
