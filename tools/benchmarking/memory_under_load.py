@@ -106,6 +106,12 @@ def run_setting(
         del image
         if index % every == 0 or index == count:
             curve.append({"images": index, **status_mib()})
+            point = curve[-1]
+            tqdm.write(
+                f"{setting}: after {index} images RSS {point['rss']:.0f} MiB, "
+                f"peak {point['peak']:.0f} MiB",
+                file=sys.stderr,
+            )
     return {"curve": curve, "seconds": seconds}
 
 
