@@ -17,6 +17,7 @@ from pointrend_sem.checkpoint import (
     checkpoint_to_read,
     explain_unreadable_checkpoint,
 )
+from pointrend_sem.cpu_memory import add_memory_argument, apply_memory_argument
 from pointrend_sem.data.datasets import check_dataset_ready, register_from_file
 from pointrend_sem.engine import Trainer, merge_results, setup
 from pointrend_sem.errors import main_with_one_line_errors
@@ -26,6 +27,7 @@ def main(args):
     if args.datasets_file:
         register_from_file(args.datasets_file)
     cfg = setup(args)
+    apply_memory_argument(args, cfg.MODEL.DEVICE)
     needed = cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST
     for dataset_name in needed:
         check_dataset_ready(dataset_name, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
@@ -59,6 +61,7 @@ def argument_parser():
         default="",
         help="JSON/YAML file registering your own image/label folders (datasets/README.md)",
     )
+    add_memory_argument(parser)
     return parser
 
 

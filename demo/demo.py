@@ -26,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 from visualization import VisualizationDemo
 
 from pointrend_sem.checkpoint import check_weights_file
+from pointrend_sem.cpu_memory import add_memory_argument, apply_memory_argument
 from pointrend_sem.engine import add_opts_argument, setup
 from pointrend_sem.errors import (
     UserFileNotFoundError,
@@ -62,6 +63,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="run this file of tools/export_model.py (with its PATH.json) instead of the "
         "PyTorch model; the config still names the classes and colours",
     )
+    add_memory_argument(parser)
     add_opts_argument(parser)
     return parser
 
@@ -129,6 +131,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     setup_logger(name="pointrend_sem")
     logger = setup_logger()
     cfg = setup(args, log=False)
+    apply_memory_argument(args, cfg.MODEL.DEVICE)
     check_weights_file(cfg.MODEL.WEIGHTS)
     inputs = (
         None if args.video_input else expand_image_inputs(args.input, "--input")

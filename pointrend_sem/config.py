@@ -5,14 +5,31 @@ already has, so it can be combined with ``detectron2.projects.point_rend.add_poi
 (or DeepLab's) in one process and their YAMLs load as they would without it. The head's keys
 live under ``MODEL.POINTREND_SEM``; the others extend the section they belong to
 (``MODEL.FPN``, ``MODEL``, ``INPUT``, ``TEST``) or are DeepLab's (``add_deeplab_config``).
+
+Keys this package no longer has are registered as renamed (:data:`REMOVED_KEYS`): a config that
+sets one stops with yacs' error naming what replaces it (one line from our commands,
+:mod:`pointrend_sem.errors`) instead of "Non-existent config key".
 """
 
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
+# Removed keys: (what replaces the key, what to do), for yacs' renamed-key error
+REMOVED_KEYS = {
+    "MODEL.KEEP_FREED_MEMORY": (
+        "the command-line flag --keep-freed-memory",
+        "an allocator setting is the process's, not the model's: delete the key from the config "
+        "and pass --keep-freed-memory to train_net.py or the tool (CPU only, off by default)",
+    ),
+}
+
 
 def add_pointrend_sem_config(cfg: CN) -> None:
-    """Add every config key used by pointrend-sem to ``cfg`` (in place)."""
+    """Add every config key used by pointrend-sem to ``cfg`` (in place), and register the keys
+    of :data:`REMOVED_KEYS` as renamed."""
+    for key, (replacement, fix) in REMOVED_KEYS.items():
+        if not cfg.key_is_renamed(key):
+            cfg.register_renamed_key(key, replacement, fix)
     # DeepLab's keys: MODEL.RESNETS.STEM_TYPE ("basic" = MSRA 7x7 stem, "deeplab" = ResNetV1c's
     # deep stem of three 3x3 convs), RES4_DILATION / RES5_MULTI_GRID (dilated "D8" backbones) and
     # SOLVER.POLY_LR_POWER.
@@ -31,11 +48,6 @@ def add_pointrend_sem_config(cfg: CN) -> None:
     # In inference, fold frozen / eval-mode batch norms into the preceding convolutions (one
     # pass less over each feature map); parameters and checkpoints are unchanged.
     cfg.MODEL.FOLD_NORMS = True
-    # On a CPU (MODEL.DEVICE "cpu") under glibc, keep the memory of freed tensors in the process
-    # for the next pass instead of returning it to the system: each 1024 x 2048 pass otherwise
-    # faults in about 3 GB of fresh pages. The process keeps its peak memory; process-wide
-    # (pointrend_sem/cpu_memory.py).
-    cfg.MODEL.KEEP_FREED_MEMORY = True
 
     # The FCN coarse head (FCNCoarseHead, mmsegmentation's FCNHead) on the one map of
     # MODEL.SEM_SEG_HEAD.IN_FEATURES: FCN_NUM_CONVS 3x3 convs of CONVS_DIM channels; with

@@ -1,22 +1,31 @@
-"""Reuse of freed memory on a CPU (``MODEL.KEEP_FREED_MEMORY``): glibc's allocator told to keep
-the memory of freed tensors in the process instead of handing it back to the operating system.
+"""glibc's allocator on a CPU: keeping freed memory for reuse (the commands' flag
+``--keep-freed-memory``, off by default) and handing free memory back (:func:`return_freed_memory`).
 
-Why: glibc serves every allocation above 32 MiB (and, until its threshold adapts, every one
-above 128 KiB) with a fresh ``mmap`` and unmaps it on ``free``. A 1024 x 2048 PointRend pass
-allocates gigabytes of such feature maps, so each pass touches about 3 GB of new pages: about
-790,000 page faults and 2 s of kernel time per pass on the project's 2-core machine, where
-writing fresh pages ran at 2.6 GB/s against 8.6-10 GB/s for pages already in use. With
-``mmap`` off for the heap (``M_MMAP_MAX`` 0) and no trimming of its top (``M_TRIM_THRESHOLD``
-at its maximum), freed feature maps stay mapped and the next pass reuses them without a fault.
+Nothing here runs on import, and nothing in the library calls ``mallopt``: an allocator setting
+is process-wide, so it is the command line's choice (:func:`add_memory_argument` and
+:func:`apply_memory_argument`, called by train_net.py, demo/demo.py, tools/benchmark.py,
+tools/visualize_points.py and tools/export_model.py), never a model's or a config's.
 
-The cost: the process keeps its peak resident memory after a pass instead of shrinking (what a
-serving or evaluation process does anyway); with images of varying sizes the heap fragments
-more (R-50, 24 random sizes up to 900 x 1200: 2.47 GB resident against glibc's 1.99 GB); and
-the setting is process-wide (it also holds for data loader workers forked afterwards). It
+Why keep freed memory: glibc serves every allocation above 32 MiB (and, until its threshold
+adapts, every one above 128 KiB) with a fresh ``mmap`` and unmaps it on ``free``. A 1024 x 2048
+PointRend pass allocates gigabytes of such feature maps, so each pass touches about 3 GB of new
+pages: about 790,000 page faults and 2 s of kernel time per pass on the project's 2-core
+machine. With ``mmap`` off for the heap (``M_MMAP_MAX`` 0) and no trimming of its top
+(``M_TRIM_THRESHOLD`` at its maximum), freed feature maps stay mapped and the next pass reuses
+them without a fault.
+
+The cost: the process keeps its peak resident memory, and with images of varying sizes the heap
+fragments and grows image after image (docs/speed.md, "Memory under load"). The setting
 reaches the allocations of the main arena, the main thread's, where our commands run the model;
 glibc still maps large blocks afresh for a thread attached to another arena. Only glibc (Linux)
 has ``mallopt``; elsewhere nothing changes. Intel's PyTorch CPU tuning guide recommends jemalloc
 or tcmalloc for the same reason; this needs no preloaded library.
+
+Even untouched, glibc keeps the free memory of varying-size feature maps inside its arenas
+(its dynamic mmap threshold rises to 32 MiB after the first large free, and only the top of a
+heap is trimmed), so a process that predicts images of many sizes grows;
+:func:`return_freed_memory` (``malloc_trim(0)``) after a prediction hands that memory back
+without changing any setting.
 """
 
 import ctypes
@@ -26,6 +35,8 @@ import logging
 from typing import Optional
 
 logger = logging.getLogger(__name__)
+
+MEMORY_FLAG = "--keep-freed-memory"
 
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -72,8 +83,8 @@ def keep_freed_memory() -> bool:
         _kept = _set(libc, _M_MMAP_MAX, 0) and _set(libc, _M_TRIM_THRESHOLD, _INT_MAX)
         if _kept:
             logger.info(
-                "MODEL.KEEP_FREED_MEMORY: freed tensor memory stays in the process for reuse "
-                "(glibc mmap off, no trimming); set it False to return memory to the system."
+                f"{MEMORY_FLAG}: freed tensor memory stays in the process for reuse "
+                "(glibc mmap off, no trimming)."
             )
     return _kept
 
@@ -97,9 +108,46 @@ def release_freed_memory() -> bool:
     return True
 
 
-def apply_memory_setting(cfg) -> bool:
-    """:func:`keep_freed_memory` when ``cfg.MODEL.KEEP_FREED_MEMORY`` is on and the model runs
-    on the CPU (``MODEL.DEVICE`` "cpu"); returns whether the setting is in force."""
-    if cfg.MODEL.KEEP_FREED_MEMORY and cfg.MODEL.DEVICE == "cpu":
-        return keep_freed_memory()
+def freed_memory_kept() -> bool:
+    """Whether :func:`keep_freed_memory` is in force in this process."""
+    return _kept
+
+
+def return_freed_memory() -> bool:
+    """Hand the free memory that glibc holds back to the system (``malloc_trim(0)``): the top of
+    each heap and every whole free page inside its arenas. Nothing else changes (no
+    ``mallopt``); live memory stays where it is. Meant to follow a prediction, once its
+    intermediate tensors are freed. Does nothing while :func:`keep_freed_memory` is in force
+    (the command line chose to keep that memory) and without glibc; returns whether it trimmed.
+    """
+    libc = _glibc()
+    if libc is None or _kept:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+def add_memory_argument(parser) -> None:
+    """The command-line flag ``--keep-freed-memory`` (``args.keep_freed_memory``), applied by
+    :func:`apply_memory_argument`."""
+    parser.add_argument(
+        MEMORY_FLAG,
+        action="store_true",
+        help="on a CPU under glibc, keep the memory of freed tensors in the process for the next "
+        "pass instead of returning it to the system (faster repeated 1024 x 2048 passes, more "
+        "resident memory; process-wide; pointrend_sem/cpu_memory.py)",
+    )
+
+
+def apply_memory_argument(args, device: str) -> bool:
+    """:func:`keep_freed_memory` when ``args.keep_freed_memory`` is set and ``device`` (e.g.
+    ``cfg.MODEL.DEVICE``) is the CPU; on another device, or without glibc, one log line says that
+    the flag does nothing. Returns whether the setting is in force."""
+    if not getattr(args, "keep_freed_memory", False):
+        return _kept
+    if str(device).split(":")[0] != "cpu":
+        logger.info(f"{MEMORY_FLAG} does nothing on {device}: it sets glibc's CPU allocator.")
+        return _kept
+    if not keep_freed_memory():
+        logger.info(f"{MEMORY_FLAG} does nothing here: the C library is not glibc (no mallopt).")
     return _kept

@@ -5,8 +5,9 @@ The checks of this package raise :class:`UserError` subclasses that are also the
 exception they stand for (``UserFileNotFoundError`` is a ``FileNotFoundError``, ...), so code
 that catches the built-in keeps working. Each message names the file or key and the fix.
 
-Commands wrap their ``main`` with :func:`main_with_one_line_errors`: a ``UserError`` then ends the
-program with exit status 1 and ``error: <message>`` on stderr, also when it was raised in a
+Commands wrap their ``main`` with :func:`main_with_one_line_errors`: a ``UserError`` (or yacs'
+error for a config key registered as renamed, which names the key and its replacement) then ends
+the program with exit status 1 and ``error: <message>`` on stderr, also when it was raised in a
 DataLoader worker or in a process of detectron2's ``launch()``; any other exception keeps its
 traceback. ``POINTREND_SEM_DEBUG=1`` brings the traceback back for user errors too.
 """
@@ -25,6 +26,8 @@ T = TypeVar("T")
 # the last line of a traceback that a user error raised in another process (a DataLoader worker,
 # a process started by detectron2's launch()) leaves in the message of the error re-raised here
 _QUOTED_USER_ERROR = re.compile(r"^pointrend_sem\.errors\.User\w*Error: (?P<message>.+)$")
+# yacs' KeyError for a config key registered as renamed (CfgNode.raise_key_rename_error)
+_RENAMED_KEY = re.compile(r"^Key \S+ was renamed to .+; please update your config\.")
 
 
 class UserError(Exception):
@@ -63,23 +66,31 @@ def quoted_user_error(error: BaseException) -> Optional[str]:
     return match["message"] if match else None
 
 
+def renamed_key_error(error: BaseException) -> Optional[str]:
+    """The message of yacs' error for a config key registered as renamed or removed
+    (:data:`pointrend_sem.config.REMOVED_KEYS`); None for any other error."""
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else ""
+    return message if _RENAMED_KEY.match(message) else None
+
+
 def one_line(error: BaseException) -> str:
     """The message of ``error`` (of the user error it quotes, see :func:`quoted_user_error`) as
     one line."""
-    message = quoted_user_error(error) or str(error)
+    message = quoted_user_error(error) or renamed_key_error(error) or str(error)
     return " ".join(message.split()) or type(error).__name__
 
 
 @contextlib.contextmanager
 def one_line_errors(exit_code: int = 1) -> Iterator[None]:
-    """Inside the block, a :class:`UserError`, or an error that quotes one raised in another
-    process, ends the program (``SystemExit(exit_code)``) after printing ``error: <message>`` as
-    one line on stderr. Other exceptions pass unchanged, and so do user errors when
-    :func:`debug_enabled`."""
+    """Inside the block, a :class:`UserError`, yacs' error for a renamed config key, or an error
+    that quotes a user error raised in another process, ends the program
+    (``SystemExit(exit_code)``) after printing ``error: <message>`` as one line on stderr. Other
+    exceptions pass unchanged, and so do user errors when :func:`debug_enabled`."""
     try:
         yield
     except Exception as e:
-        if not (isinstance(e, UserError) or quoted_user_error(e)) or debug_enabled():
+        user_error = isinstance(e, UserError) or quoted_user_error(e) or renamed_key_error(e)
+        if not user_error or debug_enabled():
             raise
         sys.stdout.flush()
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)

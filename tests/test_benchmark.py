@@ -88,13 +88,18 @@ def test_demo_inference_training_and_loader(tmp_path):
 
 def test_compare_with_detectron2_same_weights_same_prediction(tmp_path):
     detectron2_source_or_skip()
-    flags = ["--compare", "detectron2", "--runs", "1", "--warmup", "0", "MODEL.RESNETS.DEPTH", "50"]
+    flags = ["--compare", "detectron2", "--runs", "1", "--warmup", "0", "--both-memory-settings"]
+    flags += ["MODEL.RESNETS.DEPTH", "50"]
     results, stdout = run_benchmark(tmp_path, "cityscapes_r101_detectron2.yaml", 64, 128, *flags)
 
     assert results["reference"] == "detectron2" and results["opts"] == "MODEL.RESNETS.DEPTH 50"
     assert results["agreement"] == 1.0
-    # ours runs as our commands set it up, detectron2 with glibc's defaults (--reference-memory)
-    assert results["memory_reuse"].startswith("freed memory kept for reuse")
+    # ours with glibc as it is, and (--both-memory-settings) with --keep-freed-memory; detectron2
+    # with glibc's defaults (--reference-memory)
+    assert results["memory_reuse"].startswith("glibc defaults")
+    assert results["other_memory_reuse"].startswith("freed memory kept for reuse")
+    assert len(results["other_memory_latency_runs_ms"]) == 1
+    assert results["other_memory_peak_memory_mib"] >= 0
     assert results["reference_memory_reuse"].startswith("glibc defaults")
     assert len(results["reference_latency_runs_ms"]) == 1
     ratio = results["latency_median_ms"] / results["reference_latency_median_ms"]
@@ -109,6 +114,7 @@ def test_compare_with_mmseg_same_weights_same_prediction(tmp_path):
     opts = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
     opts += ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]
     flags = ["--compare", "mmseg", "--runs", "1", "--warmup", "0", "--reference-memory", "kept"]
+    flags += ["--keep-freed-memory"]
     results, stdout = run_benchmark(tmp_path, "cityscapes_r50.yaml", 64, 128, *flags, *opts)
 
     assert results["reference"] == "mmseg" and results["agreement"] == 1.0
@@ -347,3 +353,24 @@ def test_call_timer_times_calls_with_the_device_clock():
     assert timer.calls == {"small": 3}
     assert timer.seconds["small"] == pytest.approx((3 + 1 + 1) / 1000)
     assert syncs == [1]
+
+
+def test_memory_under_load_worker_and_report(capsys):
+    """The code path of --memory-under-load N, in this process: one setting's worker on 3 tiny
+    images of the demo config, and the report of two settings."""
+    from tools.benchmarking import memory_under_load
+
+    memory_under_load.main(
+        ["default", "configs/demo_synthetic.yaml", "--images", "3", "--every", "2"]
+    )
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [p["images"] for p in result["curve"]] == [0, 2, 3]
+    assert len(result["seconds"]) == 3
+    assert all(p["peak"] >= p["rss"] > 0 for p in result["curve"])
+    sizes = [image.shape for image in memory_under_load.random_images(5, seed=0)]
+    assert sizes == [image.shape for image in memory_under_load.random_images(5, seed=0)]
+    assert all(200 <= h <= 700 and 200 <= w <= 900 and c == 3 for h, w, c in sizes)
+
+    report = memory_under_load.format_report({"untrimmed": result, "default": result})
+    assert "RSS after 3 (MiB)" in report  # after 20 images, or after the last when fewer
+    assert report.splitlines()[-1].split()[0] == "default"

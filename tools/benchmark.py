@@ -10,6 +10,8 @@
         MODEL.RESNETS.NORM BN MODEL.SEM_SEG_HEAD.NORM BN
     python tools/benchmark.py --config-file configs/cityscapes_r50.yaml --device cuda --train \
         SOLVER.AMP.ENABLED True
+    python tools/benchmark.py --config-file configs/cityscapes_r50.yaml --threads 2 \
+        --memory-under-load 120
 
 Device: ``--device cpu`` or ``--device cuda``; without it, ``MODEL.DEVICE`` when given among the
 command line's overrides, else cpu (a config file's MODEL.DEVICE, detectron2's default "cuda"
@@ -24,11 +26,14 @@ times (the same image for every run):
 
 * inference latency: median, min and max of --runs forward passes (eval mode, no_grad) after
   --warmup untimed ones;
-* host memory on CPU: ours runs as our commands set it up (``MODEL.KEEP_FREED_MEMORY``, on by
-  default: glibc keeps freed memory for the next pass, ``pointrend_sem/cpu_memory.py``); the
-  reference with glibc's large-allocation behaviour (blocks over 32 MiB mapped and unmapped at
-  every pass, as detectron2's and mmsegmentation's tools run), or like ours with
-  --reference-memory kept. Each timed pass follows an untimed pass of the same model in the
+* host memory on CPU: ours runs with glibc's allocator as it is (blocks over 32 MiB mapped and
+  unmapped at every pass), or keeping freed memory for the next pass with --keep-freed-memory
+  (the flag of our commands, ``pointrend_sem/cpu_memory.py``); --both-memory-settings also times
+  ours in the other setting, as a third contender (the same model, alternating). The reference
+  runs with glibc's large-allocation behaviour, as detectron2's and mmsegmentation's tools run,
+  or with freed memory kept with --reference-memory kept. A contender without kept memory
+  after one with it runs with the values glibc's thresholds settle at
+  (``release_freed_memory``). Each timed pass follows an untimed pass of the same model in the
   same setting, as any pass after the first in a real run; the minor page faults of the timed
   passes are reported;
 * peak memory of a forward pass, the largest over the runs (on CPU, over the untimed passes,
@@ -64,7 +69,10 @@ times (the same image for every run):
   theirs, ours, ...) on the same image; reported: its latency, the latency ratio (ours / theirs,
   of the medians), and the fraction of pixels whose predicted class agrees. Both references run
   on --device, taking the image from host memory at each pass as ours does; mmsegmentation's
-  model is run through ``mmseg_logits``, one image after the other.
+  model is run through ``mmseg_logits``, one image after the other;
+* --memory-under-load N (alone, CPU): the resident memory of a ``SemSegPredictor`` of the config
+  fed N random images of random sizes, per allocator setting (--memory-settings), each in a
+  process of its own (``benchmarking/memory_under_load.py``).
 
 Weights: random initialisation unless --weights is given; the config's MODEL.WEIGHTS is not
 loaded (latency does not depend on the values, and nothing is downloaded). With --compare,
@@ -95,12 +103,24 @@ from pointrend_sem.inference import build_inference_model
 # tools/benchmarking beside this file: "tools.benchmarking" when imported (the tests),
 # "benchmarking" when run as ``python tools/benchmark.py`` (tools/ is first on sys.path)
 _PARTS = f"{__package__}.benchmarking" if __package__ else "benchmarking"
-exported, inputs, measure, pipeline, point_share, references, report, roofline, training = (
+(
+    exported,
+    inputs,
+    measure,
+    memory_under_load,
+    pipeline,
+    point_share,
+    references,
+    report,
+    roofline,
+    training,
+) = (
     importlib.import_module(f"{_PARTS}.{name}")
     for name in (
         "exported",
         "inputs",
         "measure",
+        "memory_under_load",
         "pipeline",
         "point_share",
         "references",
@@ -163,12 +183,35 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pipeline-samples", type=int, default=8, help="synthetic samples timed by --pipeline"
     )
+    cpu_memory.add_memory_argument(parser)
+    parser.add_argument(
+        "--both-memory-settings",
+        action="store_true",
+        help="on CPU, also time ours in the other allocator setting (with --keep-freed-memory "
+        "when it is not given, without when it is)",
+    )
     parser.add_argument(
         "--reference-memory",
         choices=("glibc", "kept"),
         default="glibc",
         help="on CPU, how the reference's passes allocate: glibc's defaults, as detectron2 and "
-        "mmsegmentation run (default), or keeping freed memory like ours (MODEL.KEEP_FREED_MEMORY)",
+        "mmsegmentation run (default), or keeping freed memory (as --keep-freed-memory)",
+    )
+    parser.add_argument(
+        "--memory-under-load",
+        type=int,
+        nargs="?",
+        const=120,
+        metavar="N",
+        help="only measure the resident memory of the config's predictor over N (default 120) "
+        "random images of random sizes, per allocator setting, each in a fresh process",
+    )
+    parser.add_argument(
+        "--memory-settings",
+        nargs="+",
+        choices=list(memory_under_load.SETTINGS),
+        help="the settings of --memory-under-load (default: all that this machine has: "
+        f"{', '.join(memory_under_load.available_settings())})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the image and weights")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers to this file")
@@ -230,7 +273,7 @@ def memory_reuse(keeps_freed_memory: bool, device: str) -> str:
     if device != "cpu":
         return "n/a (not on CPU)"
     if keeps_freed_memory:
-        return "freed memory kept for reuse (MODEL.KEEP_FREED_MEMORY)"
+        return "freed memory kept for reuse (--keep-freed-memory)"
     return "glibc defaults (large blocks mapped and unmapped each pass)"
 
 
@@ -240,6 +283,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if args.runs < 1 or args.warmup < 0 or args.batch_size < 1:
         raise SystemExit("--runs and --batch-size must be >= 1, --warmup >= 0.")
     device = resolve_device(args)
+    if args.memory_under_load is not None:
+        return run_memory_under_load(args, device)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = setup_on_device(args, device)
@@ -266,12 +311,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "ours",
         lambda: inference_model.predict(images, sizes),
         inputs.sem_seg_labels,
-        keeps_freed_memory=cpu_memory.apply_memory_setting(cfg),
+        keeps_freed_memory=cpu_memory.apply_memory_argument(args, device),
     )
     results["memory_reuse"] = memory_reuse(ours.keeps_freed_memory, device)
     contenders = [ours]
+    if args.both_memory_settings and device == "cpu":
+        keeps = not ours.keeps_freed_memory
+        contenders.append(measure.Contender("ours_other_memory", ours.forward, ours.labels, keeps))
+        results["other_memory_reuse"] = memory_reuse(keeps, device)
     if reference is not None:
-        reference.keeps_freed_memory = args.reference_memory == "kept" and ours.keeps_freed_memory
+        reference.keeps_freed_memory = args.reference_memory == "kept" and device == "cpu"
         contenders.append(reference)
         results["reference"] = args.compare
         results["reference_memory_reuse"] = memory_reuse(reference.keeps_freed_memory, device)
@@ -281,9 +330,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         results["reference"] = f"exported {args.exported}"
 
     records = measure.time_alternating(contenders, args.runs, args.warmup, device)
-    cpu_memory.apply_memory_setting(
-        cfg
-    )  # ours' setting again for what follows (a reference ran last)
+    if device == "cpu":  # ours' setting again for what follows (another contender ran last)
+        measure.use_memory_setting(ours.keeps_freed_memory)
     results.update(report.inference_fields(records, args.batch_size))
     results.update(point_share.measure_point_share(inference_model.model, ours.forward, device))
     if args.roofline:
@@ -311,6 +359,29 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         )
 
     print(report.format_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def run_memory_under_load(args, device: str) -> Dict[str, Any]:
+    """--memory-under-load: the curves and the summary table of each setting (stdout, and the
+    JSON file); returns the results by setting."""
+    if device != "cpu":
+        raise UserValueError("--memory-under-load measures host memory: run it with --device cpu.")
+    if args.memory_under_load < 1:
+        raise UserValueError("--memory-under-load N needs N >= 1 images.")
+    settings = args.memory_settings or memory_under_load.available_settings()
+    results = memory_under_load.measure_settings(
+        args.config_file,
+        args.memory_under_load,
+        settings,
+        seed=args.seed,
+        threads=args.threads,
+        opts=args.opts,
+    )
+    print(memory_under_load.format_report(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

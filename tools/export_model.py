@@ -49,6 +49,7 @@ from detectron2.modeling import build_model
 from pointrend_sem import main_with_one_line_errors
 from pointrend_sem.capabilities import device_available
 from pointrend_sem.checkpoint import PointRendSemCheckpointer, check_weights_file
+from pointrend_sem.cpu_memory import add_memory_argument, apply_memory_argument
 from pointrend_sem.engine import setup
 from pointrend_sem.errors import UserValueError
 from pointrend_sem.export.module import (
@@ -102,6 +103,7 @@ def get_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also show the exporter's own INFO logs (torch.onnx, onnxscript, onnx_ir)",
     )
+    add_memory_argument(parser)
     parser.add_argument(
         "opts",
         default=[],
@@ -205,6 +207,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         raise UserValueError("--device cuda: CUDA is not available here: export with --device cpu.")
     args.opts = [*args.opts, "MODEL.DEVICE", args.device]  # after the user's: --device wins
     cfg = setup(args, log=False)
+    apply_memory_argument(args, cfg.MODEL.DEVICE)
     check_exportable(cfg)
     if args.height < 1 or args.width < 1:
         raise UserValueError(f"--height and --width must be >= 1, got {args.height}x{args.width}.")

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from pointrend_sem.checkpoint import PointRendSemCheckpointer, check_weights_file
+from pointrend_sem.cpu_memory import add_memory_argument, apply_memory_argument
 from pointrend_sem.data import build_test_augmentations
 from pointrend_sem.engine import add_opts_argument, setup
 from pointrend_sem.errors import UserFileNotFoundError, main_with_one_line_errors
@@ -208,6 +209,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="the image")
     parser.add_argument("--output", required=True, help="the PNG to write")
     parser.add_argument("--dpi", type=int, default=DPI, help=f"resolution (default {DPI})")
+    add_memory_argument(parser)
     add_opts_argument(parser)
     return parser
 
@@ -217,6 +219,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(argv)
     args.opts = list(args.opts) + FORCED_OPTS
     cfg = setup(args, log=False)
+    apply_memory_argument(args, cfg.MODEL.DEVICE)
     if not os.path.isfile(args.input):
         raise UserFileNotFoundError(f"The image {args.input} (--input) does not exist.")
     model = build_model(cfg)

@@ -12,7 +12,6 @@ from detectron2.utils.logger import setup_logger
 
 from ..capabilities import runnable_device
 from ..config import add_pointrend_sem_config
-from ..cpu_memory import apply_memory_setting
 from ..errors import UserFileNotFoundError
 from ..inference import resolve_precision
 from .amp import check_cpu_amp
@@ -36,8 +35,7 @@ def setup(args, *, log: bool = True):
 
     Without CUDA, ``MODEL.DEVICE`` falls back to "cpu" so every command runs on a CPU-only
     machine with no extra flag. With ``log``, detectron2's ``default_setup`` prepares
-    OUTPUT_DIR, logging and seeding. On a CPU, ``MODEL.KEEP_FREED_MEMORY`` takes effect here
-    (:mod:`pointrend_sem.cpu_memory`). A ``TEST.PRECISION`` (or ``SOLVER.AMP.ENABLED`` for
+    OUTPUT_DIR, logging and seeding. A ``TEST.PRECISION`` (or ``SOLVER.AMP.ENABLED`` for
     training) that this machine cannot run stops it (:mod:`pointrend_sem.capabilities`), and so
     do values that cannot work with a
     :class:`UserValueError` naming the key (:func:`check_config_values`; the keys only training
@@ -82,5 +80,4 @@ def setup(args, *, log: bool = True):
         and not getattr(args, "eval_only", True)
     ):
         check_cpu_amp()
-    apply_memory_setting(cfg)
     return cfg

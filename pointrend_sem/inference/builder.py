@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..capabilities import DTYPE_NAMES, fused_conv_runs
+from ..cpu_memory import return_freed_memory
 from .norm_folding import fold_norms_
 from .onednn_fusion import fuse_relu_convs_
 from .precision import (
@@ -57,7 +58,8 @@ class InferenceModel(nn.Module):
     """An eval-only copy of a :class:`~pointrend_sem.modeling.PointRendSemanticSegmentor` with
     its inference speed-ups applied (see the module doc). Called like the model in eval mode
     (``inference_model(batched_inputs)``, :meth:`predict`), under ``torch.no_grad()`` and the
-    fp32 mode of its precision (:func:`.precision.fp32_math`).
+    fp32 mode of its precision (:func:`.precision.fp32_math`); on a CPU each call ends by handing
+    freed memory back to the system (:meth:`_return_freed_memory`).
 
     Attributes:
         model: the rewritten copy (a ``PointRendSemanticSegmentor``, in eval mode).
@@ -130,14 +132,26 @@ class InferenceModel(nn.Module):
         """The model's ``forward`` in eval mode: ``batched_inputs`` as detectron2's data loaders
         give them; returns per image "sem_seg" (and "coarse_sem_seg") logits."""
         with torch.no_grad(), fp32_math(self.precision, self.device):
-            return self.model(batched_inputs)
+            outputs = self.model(batched_inputs)
+        self._return_freed_memory()
+        return outputs
 
     def predict(self, images, output_sizes=None, trace=None) -> List[Dict[str, torch.Tensor]]:
         """The model's :meth:`~pointrend_sem.modeling.PointRendSemanticSegmentor.predict`: the
         same arguments (images (3, H_i, W_i) in the input format, optional output sizes and
         :class:`~pointrend_sem.modeling.SubdivisionTrace`), the same outputs."""
         with torch.no_grad(), fp32_math(self.precision, self.device):
-            return self.model.predict(images, output_sizes, trace)
+            outputs = self.model.predict(images, output_sizes, trace)
+        self._return_freed_memory()
+        return outputs
+
+    def _return_freed_memory(self) -> None:
+        """On a CPU, hand what glibc holds free after a pass back to the system: images of
+        varying sizes leave holes in its heaps that it does not trim on its own, and resident
+        memory would keep growing (:func:`pointrend_sem.cpu_memory.return_freed_memory`; no
+        allocator setting changes)."""
+        if self.device.type == "cpu":
+            return_freed_memory()
 
 
 def build_inference_model(model: nn.Module, cfg, **overrides) -> InferenceModel:

@@ -12,7 +12,11 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 from tqdm import tqdm
 
-from pointrend_sem.cpu_memory import keep_freed_memory, release_freed_memory
+from pointrend_sem.cpu_memory import (
+    freed_memory_kept,
+    keep_freed_memory,
+    release_freed_memory,
+)
 
 CLEAR_REFS = "/proc/self/clear_refs"
 
@@ -96,8 +100,8 @@ def measure_call(fn: Callable[[], Any], device: str) -> Tuple[float, float, Any]
 class Contender:
     """A model under test: ``forward()`` runs one pass on the benchmark batch; ``labels(output)``
     turns its result into per-image (H, W) class ids. ``keeps_freed_memory``: it runs with
-    glibc keeping freed memory for reuse (:mod:`pointrend_sem.cpu_memory`), otherwise with
-    glibc's own large-allocation behaviour."""
+    glibc keeping freed memory for reuse (``--keep-freed-memory``,
+    :mod:`pointrend_sem.cpu_memory`), otherwise with glibc's own large-allocation behaviour."""
 
     name: str
     forward: Callable[[], Any]
@@ -119,6 +123,17 @@ def minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def use_memory_setting(keeps_freed_memory: bool) -> None:
+    """Switch this process's allocator to a contender's setting: freed memory kept
+    (:func:`~pointrend_sem.cpu_memory.keep_freed_memory`), or glibc's large-allocation behaviour
+    (:func:`~pointrend_sem.cpu_memory.release_freed_memory`, only once it was kept: until then
+    glibc is left untouched)."""
+    if keeps_freed_memory:
+        keep_freed_memory()
+    elif freed_memory_kept():
+        release_freed_memory()
+
+
 def measure_pass(contender: Contender, device: str) -> Tuple[float, float, int, Any]:
     """One timed pass of ``contender`` in its allocator setting: (seconds, peak MiB, minor page
     faults of the timed pass, result).
@@ -130,10 +145,7 @@ def measure_pass(contender: Contender, device: str) -> Tuple[float, float, int, 
     if device != "cpu":
         seconds, peak, result = measure_call(contender.forward, device)
         return seconds, peak, 0, result
-    if contender.keeps_freed_memory:
-        keep_freed_memory()
-    else:
-        release_freed_memory()
+    use_memory_setting(contender.keeps_freed_memory)
     _, peak, _ = measure_call(contender.forward, device)
     faults = minor_page_faults()
     seconds, result = time_call(contender.forward, device)

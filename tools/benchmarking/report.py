@@ -32,6 +32,12 @@ ROWS: List[Tuple[str, str, Union[str, Callable[[Dict[str, Any]], str]]]] = [
     ("peak_memory_mib", "peak memory (MiB)", "{:.0f}"),
     ("memory_method", "memory measured as", "{}"),
     ("page_faults_per_pass", "minor page faults per timed pass, median", "{:.0f}"),
+    ("other_memory_reuse", "host memory of ours, other setting", "{}"),
+    ("other_memory_latency_median_ms", "other setting: latency, median (ms)", "{:.1f}"),
+    ("other_memory_latency_min_ms", "other setting: latency, min (ms)", "{:.1f}"),
+    ("other_memory_latency_max_ms", "other setting: latency, max (ms)", "{:.1f}"),
+    ("other_memory_peak_memory_mib", "other setting: peak memory (MiB)", "{:.0f}"),
+    ("other_memory_page_faults_per_pass", "other setting: minor page faults per pass", "{:.0f}"),
     ("point_head_ms", "point head, point_logits (ms)", "{:.1f}"),
     ("point_selection_ms", "point selection (ms)", "{:.1f}"),
     ("point_share", "point head + selection share of inference", "{:.1%}"),
@@ -113,13 +119,19 @@ def describe_run(args, cfg) -> Dict[str, Any]:
 
 
 def inference_fields(records: Dict[str, Dict[str, Any]], batch_size: int) -> Dict[str, Any]:
-    """Latency, throughput and memory of ours, and with a reference its latency, memory, the
-    time ratio and the agreement, from :func:`.measure.time_alternating`'s records."""
+    """Latency, throughput and memory of ours (and of ours in the other allocator setting,
+    "other_memory_*"), and with a reference its latency, memory, the time ratio and the
+    agreement, from :func:`.measure.time_alternating`'s records."""
     ours = records["ours"]
     fields = latency_fields("", ours["seconds"])
     fields["images_per_s"] = batch_size * 1000.0 / fields["latency_median_ms"]
     fields["peak_memory_mib"] = max(ours["peak_mib"])
     fields["page_faults_per_pass"] = statistics.median(ours["page_faults"])
+    if "ours_other_memory" in records:
+        other = records["ours_other_memory"]
+        fields.update(latency_fields("other_memory_", other["seconds"]))
+        fields["other_memory_peak_memory_mib"] = max(other["peak_mib"])
+        fields["other_memory_page_faults_per_pass"] = statistics.median(other["page_faults"])
     if "reference" in records:
         theirs = records["reference"]
         fields.update(latency_fields("reference_", theirs["seconds"]))
