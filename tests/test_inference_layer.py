@@ -173,3 +173,21 @@ def test_sync_bn_recipes_fold_in_inference_and_train_unfolded(config):
     sum(losses.values()).backward()
     assert not torch.equal(norm.running_mean, before)
     assert model.backbone.bottom_up.stem.conv1.weight.grad is not None
+
+
+def test_freed_memory_is_returned_after_a_pass_on_new_sizes(monkeypatch):
+    """On a CPU, a pass on images of other sizes than the pass before ends with glibc's free
+    memory handed back (varying sizes would otherwise grow the heap); a pass at the same sizes
+    reuses it."""
+    from pointrend_sem.inference import builder
+
+    trims = []
+    monkeypatch.setattr(builder, "return_freed_memory", lambda: trims.append(1) or True)
+    cfg = load_config("demo_synthetic.yaml", FAST)
+    fast = build_inference_model(build_model(cfg).eval(), cfg)
+    small, large = (torch.zeros(3, h, w, dtype=torch.uint8) for h, w in [(32, 48), (40, 64)])
+    for images, expected in [([small], 1), ([small], 1), ([large], 2), ([small, large], 3)]:
+        fast.predict(images)
+        assert len(trims) == expected
+    fast([{"image": small}, {"image": large}])
+    assert len(trims) == 3

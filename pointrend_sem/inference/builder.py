@@ -58,8 +58,8 @@ class InferenceModel(nn.Module):
     """An eval-only copy of a :class:`~pointrend_sem.modeling.PointRendSemanticSegmentor` with
     its inference speed-ups applied (see the module doc). Called like the model in eval mode
     (``inference_model(batched_inputs)``, :meth:`predict`), under ``torch.no_grad()`` and the
-    fp32 mode of its precision (:func:`.precision.fp32_math`); on a CPU each call ends by handing
-    freed memory back to the system (:meth:`_return_freed_memory`).
+    fp32 mode of its precision (:func:`.precision.fp32_math`); on a CPU a call on images of new
+    sizes ends by handing freed memory back to the system (:meth:`_return_freed_memory`).
 
     Attributes:
         model: the rewritten copy (a ``PointRendSemanticSegmentor``, in eval mode).
@@ -93,6 +93,7 @@ class InferenceModel(nn.Module):
         reduced = resolve_precision(precision, device)
         self.precision = precision
         self.dtype = reduced or torch.float32
+        self._last_shapes = None  # of the images of the last pass (_return_freed_memory)
         with torch.no_grad():
             self.model = copy.deepcopy(model).eval()
             for param in self.model.parameters():
@@ -133,7 +134,7 @@ class InferenceModel(nn.Module):
         give them; returns per image "sem_seg" (and "coarse_sem_seg") logits."""
         with torch.no_grad(), fp32_math(self.precision, self.device):
             outputs = self.model(batched_inputs)
-        self._return_freed_memory()
+        self._return_freed_memory([x["image"] for x in batched_inputs])
         return outputs
 
     def predict(self, images, output_sizes=None, trace=None) -> List[Dict[str, torch.Tensor]]:
@@ -142,16 +143,19 @@ class InferenceModel(nn.Module):
         :class:`~pointrend_sem.modeling.SubdivisionTrace`), the same outputs."""
         with torch.no_grad(), fp32_math(self.precision, self.device):
             outputs = self.model.predict(images, output_sizes, trace)
-        self._return_freed_memory()
+        self._return_freed_memory(images)
         return outputs
 
-    def _return_freed_memory(self) -> None:
-        """On a CPU, hand what glibc holds free after a pass back to the system: images of
-        varying sizes leave holes in its heaps that it does not trim on its own, and resident
-        memory would keep growing (:func:`pointrend_sem.cpu_memory.return_freed_memory`; no
-        allocator setting changes)."""
-        if self.device.type == "cpu":
+    def _return_freed_memory(self, images) -> None:
+        """On a CPU, after a pass on images of other sizes than the pass before, hand what glibc
+        holds free back to the system: feature maps of a new size leave holes in its heaps that
+        it does not trim on its own, and with varying sizes resident memory would keep growing
+        (:func:`pointrend_sem.cpu_memory.return_freed_memory`; no allocator setting changes).
+        Passes at the size of the one before reuse those holes and trim nothing."""
+        shapes = tuple(tuple(image.shape) for image in images)
+        if self.device.type == "cpu" and shapes != self._last_shapes:
             return_freed_memory()
+        self._last_shapes = shapes
 
 
 def build_inference_model(model: nn.Module, cfg, **overrides) -> InferenceModel:
