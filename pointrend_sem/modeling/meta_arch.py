@@ -321,12 +321,11 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             ValueError: ``output_sizes`` does not give one size per image; a ``trace`` that is
                 not empty, or with sliding-window inference.
         """
-        normalized = self.normalize_images(images)
         if output_sizes is None:
-            output_sizes = [tuple(image.shape[-2:]) for image in normalized]
-        elif len(output_sizes) != len(normalized):
+            output_sizes = [tuple(image.shape[-2:]) for image in images]
+        elif len(output_sizes) != len(images):
             raise ValueError(
-                f"predict got {len(normalized)} images but {len(output_sizes)} output sizes."
+                f"predict got {len(images)} images but {len(output_sizes)} output sizes."
             )
         if trace is not None and (trace.steps or self.sliding_window is not None):
             raise ValueError(
@@ -334,8 +333,11 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
                 "TEST.SLIDING_WINDOW.ENABLED False to trace a sliding-window model."
             )
         if self.sliding_window is None:
-            predictions = self._predict_whole(normalized, output_sizes, trace)
+            # the padded batch is the one copy of the normalized images kept during the pass
+            batch = self.pad_images(self.normalize_images(images))
+            predictions = self._predict_whole(batch, output_sizes, trace)
         else:
+            normalized = self.normalize_images(images)
             predictions = [
                 self._predict_sliding(image, size) for image, size in zip(normalized, output_sizes)
             ]
@@ -346,7 +348,7 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
 
     def _predict_whole(
         self,
-        images: List[torch.Tensor],
+        batch: ImageList,
         output_sizes: Optional[Sequence[Tuple[int, int]]] = None,
         trace: Optional[SubdivisionTrace] = None,
     ) -> List[Dict[str, torch.Tensor]]:
@@ -354,7 +356,8 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         inference.
 
         Args:
-            images: normalized (3, H_i, W_i) images.
+            batch: normalized (3, H_i, W_i) images padded into one (N, 3, H, W) batch
+                (:meth:`pad_images`).
             output_sizes: (H_out, W_out) to return each image's logits at (by
                 :func:`postprocess_logits` with ``output_resize``); default (H_i, W_i).
             trace: see :meth:`predict`; its ``padded_size`` and ``image_sizes`` are set here.
@@ -363,21 +366,21 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
             per image, "sem_seg" (and "coarse_sem_seg" when ``output_coarse``):
             (C, H_out, W_out).
         """
-        batch = self.pad_images(images)
         features = self.backbone(batch.tensor)
         padded_size = tuple(batch.tensor.shape[-2:])
+        image_sizes = [tuple(size) for size in batch.image_sizes]
         valid_fraction = None  # decided on Python ints: a traced graph (export) has no branch
-        if any(tuple(size) != padded_size for size in batch.image_sizes):
-            sizes = torch.tensor(batch.image_sizes, dtype=torch.float32, device=self.device)
+        if any(size != padded_size for size in image_sizes):
+            sizes = torch.tensor(image_sizes, dtype=torch.float32, device=self.device)
             padded = torch.tensor(padded_size, dtype=torch.float32, device=self.device)
             valid_fraction = sizes / padded
         if trace is not None:
             trace.padded_size = padded_size
-            trace.image_sizes = [tuple(size) for size in batch.image_sizes]
+            trace.image_sizes = image_sizes
         refined, coarse = self.sem_seg_head.inference(features, valid_fraction, trace)
         direct = self.output_resize == "direct"
         outputs = []
-        for i, size in enumerate(batch.image_sizes):
+        for i, size in enumerate(image_sizes):
             out_size = size if output_sizes is None else output_sizes[i]
             heads = {"sem_seg": refined[i]}
             if self.output_coarse:
@@ -406,7 +409,7 @@ class PointRendSemanticSegmentor(SemanticSegmentor):
         sums: Dict[str, torch.Tensor] = {}
         count = image.new_zeros((height, width))
         for y1, y2, x1, x2 in windows:
-            (logits,) = self._predict_whole([image[:, y1:y2, x1:x2]])
+            (logits,) = self._predict_whole(self.pad_images([image[:, y1:y2, x1:x2]]))
             for key, value in logits.items():
                 if key not in sums:
                     sums[key] = value.new_zeros((value.shape[0], height, width))
