@@ -24,6 +24,7 @@ Shape shorthand: H x W: the export size, C: the model's output channels (max(cla
 """
 
 import json
+import logging
 import os
 from typing import Any, Dict
 
@@ -36,6 +37,8 @@ from ..errors import UserValueError
 from ..inference import InferenceModel, build_inference_model
 from ..modeling.binary import num_output_channels
 from .runner import SIDECAR_SUFFIX
+
+logger = logging.getLogger(__name__)
 
 # --format values of tools/export_model.py, and the file each writes
 FORMATS = ("onnx", "pt2", "aoti")
@@ -194,6 +197,7 @@ def export_model(
     check_exportable(cfg)
     inference_model = build_inference_model(model, cfg, fuse_convs=False)
     check_precision_exportable(inference_model.dtype, fmt)
+    logger.info(f"Exporting {path} at {height}x{width}: {inference_model.describe()}.")
     module = ExportableSegmentor(inference_model, height, width).eval()
     device = inference_model.device
     example = torch.zeros(1, 3, height, width, dtype=torch.float32, device=device)
