@@ -73,11 +73,13 @@ class SizeMatchedFPN(FPN):
             dict of "p2".."p5" feature maps, (N, C, ceil(H / s), ceil(W / s)) at stride s.
         """
         bottom_up = self.bottom_up(x)
-        prev = self.lateral_convs[0](bottom_up[self.in_features[-1]])
+        # each bottom-up map is dropped once its lateral conv has read it (the finest, res2, is
+        # the largest map of the pass: it is not kept while p2 is computed)
+        prev = self.lateral_convs[0](bottom_up.pop(self.in_features[-1]))
         results = [self.output_convs[0](prev)]
         levels = zip(self.in_features[-2::-1], self.lateral_convs[1:], self.output_convs[1:])
         for feature_name, lateral_conv, output_conv in levels:
-            lateral = lateral_conv(bottom_up[feature_name])
+            lateral = lateral_conv(bottom_up.pop(feature_name))
             prev = lateral + F.interpolate(prev, size=lateral.shape[-2:], mode="nearest")
             if self.fuse_type == "avg":
                 prev = prev / 2

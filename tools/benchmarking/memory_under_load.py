@@ -34,7 +34,10 @@ import numpy as np
 
 # (description, environment added to the process) of each setting
 SETTINGS: Dict[str, Any] = {
-    "default": ("library default: glibc untouched, freed memory returned after each pass", {}),
+    "default": (
+        "library default: glibc untouched, freed memory returned after a pass on new sizes",
+        {},
+    ),
     "untrimmed": ("glibc untouched, nothing returned", {}),
     "keep": ("--keep-freed-memory", {}),
     "jemalloc": (
