@@ -215,3 +215,27 @@ def test_binary_rules():
     assert as_two_channels(torch.randn(2, 3, 4), dim=1).shape == (2, 3, 4)
     cfg = load_config(opts=["MODEL.SEM_SEG_HEAD.NUM_CLASSES", 1, "DATASETS.TEST", ()])
     assert len(display_metadata(cfg).stuff_classes) == 2  # both output channels get a colour
+
+
+@pytest.mark.parametrize(
+    "divisibility, constraints", [(1, None), (32, None), (32, {"size_divisibility": 64})]
+)
+def test_padding_is_detectron2s(divisibility, constraints):
+    """pad_images pads (in Python ints, for export) as detectron2's ImageList.from_tensors."""
+    from detectron2.structures import ImageList
+
+    from pointrend_sem.modeling.meta_arch import padded_batch_size
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.rand(3, h, w, generator=gen) for h, w in [(61, 83), (97, 45), (64, 64)]]
+    expected = ImageList.from_tensors(tensors, divisibility, 0.0, constraints).tensor
+    sizes = [tuple(t.shape[-2:]) for t in tensors]
+    assert padded_batch_size(sizes, divisibility, constraints) == tuple(expected.shape[-2:])
+    model = build()
+    model.channels_last = False
+    backbone = model.backbone
+    batch = model.pad_images(tensors)
+    expected = ImageList.from_tensors(
+        tensors, backbone.size_divisibility, 0.0, backbone.padding_constraints
+    )
+    assert torch.equal(batch.tensor, expected.tensor) and batch.image_sizes == sizes
