@@ -20,6 +20,7 @@ from pointrend_sem.checkpoint import (
 from pointrend_sem.cpu_memory import add_memory_argument, apply_memory_argument
 from pointrend_sem.data.datasets import check_dataset_ready, register_from_file
 from pointrend_sem.engine import Trainer, merge_results, setup
+from pointrend_sem.engine.stop_signals import parse_signals, stoppable_launch
 from pointrend_sem.errors import main_with_one_line_errors
 
 
@@ -65,15 +66,24 @@ def argument_parser():
     return parser
 
 
+def launch_main(args):
+    """``main`` in the processes of detectron2's ``launch()``. Training stopped by a signal exits
+    with status 75 after saving a checkpoint (docs/cluster.md), in every process."""
+    num_processes = args.num_gpus * args.num_machines
+    training_processes = num_processes > 1 and not args.eval_only
+    signals = setup(args, log=False).SOLVER.CHECKPOINT_ON_SIGNALS if training_processes else ()
+    with stoppable_launch(parse_signals(signals), num_processes):
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+
+
 if __name__ == "__main__":
-    args = argument_parser().parse_args()
     # A user error (missing file, unknown key, ...) ends with one line "error: ..." on stderr,
     # also when raised in a process that launch() started; other errors keep their traceback.
-    main_with_one_line_errors(launch)(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    main_with_one_line_errors(launch_main)(argument_parser().parse_args())

@@ -177,6 +177,11 @@ def add_pointrend_sem_config(cfg: CN) -> None:
     # Iterations between writes of training metrics (console, metrics.json, TensorBoard).
     cfg.LOG_PERIOD = 20
 
+    # Signals on which training finishes its iteration, saves a checkpoint and exits with status
+    # 75, to be resumed exactly with --resume (docs/cluster.md). A second signal exits at once.
+    # SLURM sends SIGTERM (or --signal's, often SIGUSR1) before killing a job; () = none.
+    cfg.SOLVER.CHECKPOINT_ON_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
     # The schedule is the recipe's (configs/Base-PointRend-Sem.yaml): SOLVER.LR_SCHEDULER_NAME
     # "WarmupPolyLR" is, after SOLVER.WARMUP_ITERS of linear warm-up from SOLVER.WARMUP_FACTOR,
     # lr = (BASE_LR - BASE_LR_END) * (1 - t / T) ** POLY_LR_POWER + BASE_LR_END over the remaining

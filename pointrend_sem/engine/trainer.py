@@ -9,11 +9,7 @@ from collections import OrderedDict
 from typing import Callable, Dict, List, Sequence
 
 import torch
-from detectron2.data import (
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-)
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import create_ddp_model, hooks
 from detectron2.evaluation import (
     DatasetEvaluator,
@@ -33,6 +29,7 @@ from ..checkpoint import (
     make_writes_atomic,
 )
 from ..data import SemSegDatasetMapper
+from ..data.resumable_loader import build_resumable_train_loader
 from ..errors import UserValueError
 from ..evaluation import (
     KeyedSemSegEvaluator,
@@ -44,6 +41,14 @@ from ..tta import SemanticSegmentorWithTTA
 from .amp import build_step_trainer
 from .defaults import DefaultTrainerWithHooks
 from .lr_schedule import build_poly_lr_scheduler
+from .resumption import (
+    AbandonOnStop,
+    CheckpointOnSignal,
+    EvaluationAbandoned,
+    ExactResumption,
+    active_stop_signals,
+)
+from .stop_signals import ignore_in_worker, parse_signals
 
 # added to the result keys of evaluations with test-time augmentation (sem_seg_TTA, ...)
 TTA_SUFFIX = "_TTA"
@@ -103,16 +108,22 @@ class Trainer(DefaultTrainerWithHooks):
 
     def build_hooks(self):
         """detectron2's hooks, its PeriodicWriter (every 20 iterations) replaced by one that
-        writes every ``cfg.LOG_PERIOD`` iterations. The new hook takes the writers that
+        writes every ``cfg.LOG_PERIOD`` iterations, then :class:`ExactResumption` and
+        :class:`CheckpointOnSignal` (:mod:`.resumption`: exact resumption, a checkpoint on
+        ``SOLVER.CHECKPOINT_ON_SIGNALS``). The new writer hook takes the writers that
         ``DefaultTrainer.build_hooks`` built through :meth:`build_writers`, so each writer
         (metrics.json opened for appending, TensorBoard's event file) exists once."""
+        cfg = self.cfg
         return [
             (
-                hooks.PeriodicWriter(self._metric_writers, period=self.cfg.LOG_PERIOD)
+                hooks.PeriodicWriter(self._metric_writers, period=cfg.LOG_PERIOD)
                 if isinstance(hook, hooks.PeriodicWriter)
                 else hook
             )
             for hook in super().build_hooks()
+        ] + [
+            ExactResumption(self.data_loader, cfg.SEED, cfg.SOLVER.IMS_PER_BATCH),
+            CheckpointOnSignal(parse_signals(cfg.SOLVER.CHECKPOINT_ON_SIGNALS), self.checkpointer),
         ]
 
     def resume_or_load(self, resume: bool = True) -> None:
@@ -144,8 +155,13 @@ class Trainer(DefaultTrainerWithHooks):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """detectron2's evaluation of the inference module of ``model`` (built here, from the
-        weights of this moment: :mod:`pointrend_sem.inference`)."""
-        results = super().test(cfg, build_inference_model(model, cfg), evaluators)
+        weights of this moment: :mod:`pointrend_sem.inference`). During training, a stop signal
+        abandons it: no results ({})."""
+        try:
+            results = super().test(cfg, build_inference_model(model, cfg), evaluators)
+        except EvaluationAbandoned:
+            logging.getLogger(__name__).info("Evaluation abandoned: training is stopping.")
+            return {}
         log_refinement_gain(results, cfg.DATASETS.TEST)
         return results
 
@@ -163,14 +179,19 @@ class Trainer(DefaultTrainerWithHooks):
         results = OrderedDict()
         for dataset_name in cfg.DATASETS.TEST:
             # The TTA model resizes each view itself, from the original image.
-            loader = build_detection_test_loader(
-                cfg, dataset_name, mapper=SemSegDatasetMapper(cfg, False, augmentations=[])
+            loader = abandoned_on_stop(
+                build_detection_test_loader(
+                    cfg, dataset_name, mapper=SemSegDatasetMapper(cfg, False, augmentations=[])
+                )
             )
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA", dataset_name)
             evaluator = cls.build_evaluator(cfg, dataset_name, output_folder)
-            results[dataset_name] = with_suffix(
-                inference_on_dataset(tta_model, loader, evaluator), TTA_SUFFIX
-            )
+            try:
+                outputs = inference_on_dataset(tta_model, loader, evaluator)
+            except EvaluationAbandoned:
+                logger.info("Evaluation abandoned: training is stopping.")
+                return {}
+            results[dataset_name] = with_suffix(outputs, TTA_SUFFIX)
             if comm.is_main_process():
                 logger.info(
                     f"Evaluation results for {dataset_name} with test-time augmentation in csv "
@@ -184,12 +205,22 @@ class Trainer(DefaultTrainerWithHooks):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, is_train=True))
+        """The resumable train loader (:mod:`pointrend_sem.data.resumable_loader`) over
+        :class:`SemSegDatasetMapper`; its workers ignore the stop signals."""
+        return build_resumable_train_loader(
+            cfg,
+            SemSegDatasetMapper(cfg, is_train=True),
+            rank=comm.get_rank(),
+            world_size=comm.get_world_size(),
+            worker_init_fn=ignore_in_worker(parse_signals(cfg.SOLVER.CHECKPOINT_ON_SIGNALS)),
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
-        return build_detection_test_loader(
-            cfg, dataset_name, mapper=SemSegDatasetMapper(cfg, is_train=False)
+        return abandoned_on_stop(
+            build_detection_test_loader(
+                cfg, dataset_name, mapper=SemSegDatasetMapper(cfg, is_train=False)
+            )
         )
 
     @classmethod
@@ -197,6 +228,17 @@ class Trainer(DefaultTrainerWithHooks):
         if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR":
             return build_poly_lr_scheduler(cfg, optimizer)
         return super().build_lr_scheduler(cfg, optimizer)
+
+
+def abandoned_on_stop(loader):
+    """An evaluation ``loader`` that a stop signal during training abandons
+    (:class:`AbandonOnStop`), its workers ignoring the signal; ``loader`` as it is outside
+    training."""
+    signals = active_stop_signals()
+    if not signals:
+        return loader
+    loader.worker_init_fn = ignore_in_worker(signals)
+    return AbandonOnStop(loader)
 
 
 def per_process_batch_norms(model: nn.Module) -> List[str]:
