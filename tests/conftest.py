@@ -329,3 +329,19 @@ def pytest_collection_modifyitems(config, items):
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def reference_weights(tmp_path_factory):
+    """``model_final.pth`` of the uninterrupted tiny demo in one process, trained once for all
+    test processes (pytest-xdist's workers share the folder)."""
+    from filelock import FileLock  # torch's dependency
+    from tiny_demo import train_net
+
+    shared = tmp_path_factory.getbasetemp().parent / "uninterrupted_tiny_demo"
+    with FileLock(f"{shared}.lock"):
+        final = shared / "model_final.pth"
+        if not final.exists():
+            train_net(shared, shared / "out")
+            os.replace(shared / "out" / "model_final.pth", final)
+    return final

@@ -19,7 +19,7 @@ is all: the data loader and the generators have no state that the iteration does
 
 import logging
 import random
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -27,7 +27,12 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..data.resumable_loader import derived_seed, seed_global_generators
-from .stop_signals import STOPPED_EXIT_CODE, StopSignals, resume_command
+from .stop_signals import (
+    STOPPED_EXIT_CODE,
+    StopSignals,
+    resume_command,
+    start_resource_tracker,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +114,10 @@ class CheckpointOnSignal(HookBase):
     Register it after the hooks whose ``after_step`` must complete the iteration (LR scheduler,
     periodic checkpointer, evaluation)."""
 
-    def __init__(self, signals: Sequence, checkpointer):
+    def __init__(self, signals: Sequence, checkpointer, release_train_loader: Callable[[], None]):
         self.stop = StopSignals(signals)
         self._checkpointer = checkpointer
+        self._release_train_loader = release_train_loader
         self._group = None
         self._handled = False
         self.abandoned_evaluation = False
@@ -122,6 +128,7 @@ class CheckpointOnSignal(HookBase):
             return
         if comm.get_world_size() > 1 and dist.get_backend() != "gloo":
             self._group = dist.new_group(backend="gloo")  # the flag is a CPU tensor
+        start_resource_tracker(self.stop.signals)
         self.stop.install()
         _active_stop = self
 
@@ -156,6 +163,9 @@ class CheckpointOnSignal(HookBase):
     def after_train(self):
         global _active_stop
         _active_stop = None
+        # the train loader's workers ignore the stop signals: stop them now, on any way out
+        # (not at interpreter exit, where multiprocessing would SIGTERM them and wait)
+        self._release_train_loader()
         if self.stop.requested and not self._handled and self.abandoned_evaluation:
             self._finish_stop("training had ended; the final evaluation was abandoned")
         if not self._handled:  # else exiting, the signals ignored
@@ -166,8 +176,9 @@ class CheckpointOnSignal(HookBase):
         of the signal run (submitit: requeue the job), and exit with the stopped status."""
         self._handled = True
         if comm.is_main_process():
+            received = self.stop.received.name if self.stop.received else "A stop signal"
             logger.info(
-                f"{self.stop.received.name} (in some process): {what}. Exit status "
+                f"{received} (in one process or more): {what}. Exit status "
                 f"{STOPPED_EXIT_CODE}. Resume with: {resume_command()}"
             )
         comm.synchronize()

@@ -20,6 +20,7 @@ import shlex
 import signal
 import sys
 import threading
+from multiprocessing import resource_tracker
 from typing import Callable, Dict, Iterator, Optional, Sequence
 
 from torch.multiprocessing import ProcessExitedException
@@ -106,6 +107,19 @@ class StopSignals:
             previous(int(self.received), None)
 
 
+def start_resource_tracker(signals: Sequence[signal.Signals]) -> None:
+    """Start multiprocessing's resource tracker (if not running) with ``signals`` ignored, which
+    it keeps across its exec. It runs in the job's process group: a stop signal sent to the
+    group (SIGUSR1) would kill it, and every process using shared memory would then print its
+    warnings and restart one. It ignores SIGINT and SIGTERM by itself."""
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signals}
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 @contextlib.contextmanager
 def stoppable_launch(signals: Sequence[signal.Signals], num_processes: int) -> Iterator[None]:
     """Around detectron2's ``launch()`` in the process that starts ``num_processes`` > 1
@@ -117,6 +131,7 @@ def stoppable_launch(signals: Sequence[signal.Signals], num_processes: int) -> I
     if num_processes <= 1 or not signals:
         yield
         return
+    start_resource_tracker(signals)  # before launch() starts it, unprotected
     with StopSignals(signals) as stop:
         try:
             yield
@@ -133,7 +148,9 @@ def stoppable_launch(signals: Sequence[signal.Signals], num_processes: int) -> I
 def ignore_in_worker(signals: Sequence[signal.Signals]) -> Callable[[int], None]:
     """A DataLoader ``worker_init_fn`` that makes a worker ignore ``signals`` (sent to every
     process of a job, workers included): the main process stops training, and a worker killed
-    by one would fail the iteration it is in."""
+    by one would fail the iteration it is in. Such workers must be shut down by their loader
+    (deleting its iterator does), not left to multiprocessing's exit handler, which terminates
+    them with SIGTERM and waits."""
     return _IgnoreSignals(list(signals))
 
 

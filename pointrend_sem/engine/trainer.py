@@ -123,8 +123,18 @@ class Trainer(DefaultTrainerWithHooks):
             for hook in super().build_hooks()
         ] + [
             ExactResumption(self.data_loader, cfg.SEED, cfg.SOLVER.IMS_PER_BATCH),
-            CheckpointOnSignal(parse_signals(cfg.SOLVER.CHECKPOINT_ON_SIGNALS), self.checkpointer),
+            CheckpointOnSignal(
+                parse_signals(cfg.SOLVER.CHECKPOINT_ON_SIGNALS),
+                self.checkpointer,
+                self.release_train_loader,
+            ),
         ]
+
+    def release_train_loader(self) -> None:
+        """Stop the train loader's workers now: the step trainer drops its iterator
+        (detectron2's ``SimpleTrainer.reset_data_loader``, keeping the same loader)."""
+        loader = self.data_loader
+        self._trainer.reset_data_loader(lambda: loader)
 
     def resume_or_load(self, resume: bool = True) -> None:
         """As :meth:`DefaultTrainer.resume_or_load`; a checkpoint file that cannot be read

@@ -1,0 +1,330 @@
+"""Nothing lost when a run is stopped: a stop signal saves a checkpoint at the end of the
+iteration (exit 75), and ``--resume`` continues the same run, bit for bit; a crashed process
+ends a multi-process job; submitit's requeue resumes the same way. The end-to-end runs train the
+tiny demo of tests/tiny_demo.py, compared with its uninterrupted run (``reference_weights``)."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, kill_all, load_script, run_command, tail_of
+from tiny_demo import assert_same_weights, stream_iterations, train_net_command
+
+from pointrend_sem.data.resumable_loader import (
+    ResumableTrainLoader,
+    SampleOrder,
+    process_positions,
+    sample_randomness,
+)
+from pointrend_sem.engine import resumption
+from pointrend_sem.engine.stop_signals import (
+    STOPPED_EXIT_CODE,
+    StopSignals,
+    parse_signals,
+    resume_command,
+)
+from pointrend_sem.errors import UserValueError
+
+# --- the resumable loader ------------------------------------------------------------------
+
+
+def test_each_epoch_is_a_permutation_drawn_from_the_seed():
+    order = SampleOrder(7, seed=3)
+    epochs = [[order[e * 7 + i] for i in range(7)] for e in range(3)]
+    assert all(sorted(epoch) == list(range(7)) for epoch in epochs)
+    assert epochs[0] != epochs[1]
+    again = SampleOrder(7, seed=3)
+    assert [again[p] for p in reversed(range(21))] == [x for e in epochs for x in e][::-1]
+    assert [SampleOrder(7, seed=4)[p] for p in range(7)] != epochs[0]
+
+
+def test_the_global_batch_is_the_same_samples_for_any_number_of_processes():
+    for iteration in (0, 5):
+        one = list(process_positions(iteration, 8, 0, 1))
+        split = [p for rank in range(4) for p in process_positions(iteration, 8, rank, 4)]
+        assert split == one == list(range(iteration * 8, iteration * 8 + 8))
+
+
+def test_sample_randomness_depends_on_the_position_and_leaves_the_callers_state():
+    torch.manual_seed(1)
+    before = (random.random(), np.random.rand(), torch.rand(1).item())
+    torch.manual_seed(1)
+    draws = []
+    for position in (5, 6, 5):
+        with sample_randomness(seed=9, position=position):
+            draws.append((random.random(), np.random.rand(), torch.rand(1).item()))
+    after = (random.random(), np.random.rand(), torch.rand(1).item())
+    assert draws[0] == draws[2] != draws[1]
+    assert after[2] == before[2]  # torch's state came back (Python's and NumPy's too:)
+    random.seed(0), np.random.seed(0)
+    with sample_randomness(seed=9, position=1):
+        pass
+    assert random.random() == random.Random(0).random()
+    assert np.random.rand() == np.random.RandomState(0).rand()
+
+
+def noisy_mapper(dataset_dict):
+    """A mapper with augmentation randomness from each global generator."""
+    return (dataset_dict["i"], random.random(), float(np.random.rand()), torch.rand(1).item())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_started_at_an_iteration_reads_what_the_full_stream_reads(workers):
+    dicts = [{"i": i} for i in range(5)]
+
+    def batches(start, num_workers, count):
+        loader = ResumableTrainLoader(
+            dicts, noisy_mapper, seed=11, global_batch=4, num_workers=num_workers, rank=1,
+            world_size=2,
+        )  # fmt: skip
+        loader.start_at(start, seed=11)
+        iterator = iter(loader)
+        return [next(iterator) for _ in range(count)]
+
+    full = batches(0, 0, 6)
+    assert [len(b) for b in full] == [2] * 6
+    assert batches(0, workers, 6) == full
+    assert batches(3, workers, 3) == full[3:]
+
+
+def test_a_sampler_other_than_training_sampler_is_refused_in_one_line():
+    from detectron2.config import get_cfg
+
+    from pointrend_sem.data.resumable_loader import build_resumable_train_loader
+
+    cfg = get_cfg()
+    cfg.DATALOADER.SAMPLER_TRAIN = "RepeatFactorTrainingSampler"
+    with pytest.raises(UserValueError, match="DATALOADER.SAMPLER_TRAIN .* 'TrainingSampler'"):
+        build_resumable_train_loader(cfg, noisy_mapper, rank=0, world_size=1)
+
+
+# --- signals ---------------------------------------------------------------------------------
+
+
+def test_signal_names_are_checked():
+    assert parse_signals(["SIGTERM", "sigusr1"]) == [signal.SIGTERM, signal.SIGUSR1]
+    with pytest.raises(UserValueError, match="SOLVER.CHECKPOINT_ON_SIGNALS has 'SIGFOO'"):
+        parse_signals(["SIGFOO"])
+
+
+def test_the_first_signal_is_a_request_and_the_previous_handler_runs_after():
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        stop = StopSignals([signal.SIGUSR2]).install()
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert stop.received == signal.SIGUSR2 and calls == []
+        stop.run_previous_handler()
+        assert calls == [signal.SIGUSR2]
+        stop.uninstall()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_second_signal_exits_at_once():
+    script = (
+        "import os, signal, time\n"
+        "from pointrend_sem.engine.stop_signals import StopSignals\n"
+        "stop = StopSignals([signal.SIGTERM]).install()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('requested', stop.requested, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(30)\n"
+    )
+    proc = run_command([sys.executable, "-c", script], timeout=60)
+    assert proc.returncode == -signal.SIGTERM
+    assert "requested True" in proc.stdout and "SIGTERM again: exiting now" in proc.stderr
+
+
+def test_the_resume_command_puts_resume_before_the_config_overrides():
+    argv = ["train_net.py", "--config-file", "c.yaml", "--num-gpus", "2", "SOLVER.MAX_ITER", "9"]
+    assert resume_command(argv) == (
+        "python train_net.py --config-file c.yaml --num-gpus 2 --resume SOLVER.MAX_ITER 9"
+    )
+    assert resume_command(argv[:3] + ["--resume"]).count("--resume") == 1
+
+
+class RequestedStop:
+    """What AbandonOnStop reads of the training's stop hook."""
+
+    def __init__(self, requested):
+        self.requested, self.abandoned_evaluation = requested, False
+
+    def requested_everywhere(self):
+        return self.requested
+
+    def common_count(self, count):
+        return count
+
+
+def test_a_stop_request_abandons_an_evaluation_at_its_next_batch(monkeypatch):
+    loader = resumption.AbandonOnStop([1, 2, 3])
+    assert list(loader) == [1, 2, 3] and len(loader) == 3  # outside training
+    stop = RequestedStop(False)
+    monkeypatch.setattr(resumption, "_active_stop", stop)
+    seen = []
+    with pytest.raises(resumption.EvaluationAbandoned):
+        for batch in loader:
+            seen.append(batch)
+            stop.requested = True
+    assert seen == [1] and stop.abandoned_evaluation
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+def stop_when_training_reaches(proc, output_dir, iteration, send, timeout=240):
+    """Wait until ``output_dir``'s metrics show ``iteration``, then ``send(proc)``."""
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if max(stream_iterations(output_dir), default=-1) >= iteration:
+            send(proc)
+            return
+        time.sleep(0.05)
+    raise AssertionError("training did not reach iteration {iteration}")
+
+
+def killpg(signum):
+    return lambda proc: os.killpg(proc.pid, signum)  # every process of the job, as SLURM does
+
+
+def stopped_iteration(output_dir):
+    checkpoint = (output_dir / "last_checkpoint").read_text().strip()
+    return torch.load(output_dir / checkpoint, weights_only=False)["iteration"]
+
+
+def stop_and_resume(tmp_path, output_dir, signum, *extra):
+    """Start the tiny demo, signal its process group at iteration 4 (checkpoints are periodic at
+    3, 7 and 11), check the stop, resume to the end; returns the stop iteration."""
+    cmd, env = train_net_command(tmp_path, output_dir, *extra)
+    with open(f"{output_dir}.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        stop_when_training_reaches(proc, output_dir, 4, killpg(signum))
+        returncode = proc.wait(timeout=120)
+    finally:
+        kill_all(proc)
+    log = tail_of(f"{output_dir}.log", None)
+    assert returncode == STOPPED_EXIT_CODE, log[-3000:]
+    iteration = stopped_iteration(output_dir)
+    assert 4 <= iteration < 7, iteration  # between the periodic checkpoints of 3 and 7
+    line = next(line for line in log.splitlines() if "Resume with:" in line)
+    assert f"{signum.name} " in line and f"stopped at iteration {iteration}" in line
+    assert "Traceback" not in log and "resource_tracker" not in log, log[-3000:]
+
+    resumed = run_command(cmd + ["--resume"], env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Starting training from iteration {iteration + 1}" in resumed.stdout + resumed.stderr
+    return iteration
+
+
+def test_sigterm_stops_with_a_checkpoint_and_resume_is_bitwise_exact(tmp_path, reference_weights):
+    stop_and_resume(tmp_path, tmp_path / "stopped", signal.SIGTERM)
+    assert_same_weights(tmp_path / "stopped" / "model_final.pth", reference_weights)
+
+
+def test_two_processes_stop_on_sigusr1_and_resume_bitwise_exact(tmp_path):
+    two = ["--num-gpus", "2", "--dist-url", "auto"]
+    reference = tmp_path / "reference"
+    cmd, env = train_net_command(tmp_path, reference, *two)
+    proc = run_command(cmd, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stop_and_resume(tmp_path, tmp_path / "stopped", signal.SIGUSR1, *two)
+    assert_same_weights(tmp_path / "stopped" / "model_final.pth", reference / "model_final.pth")
+
+
+FAILING_RANK = """
+import sys
+sys.path.insert(0, {repo!r})
+import train_net
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+from pointrend_sem.engine import Trainer
+
+
+class FailInRank1(HookBase):
+    def after_step(self):
+        if comm.get_rank() == 1 and self.trainer.iter == 2:
+            raise RuntimeError("injected failure of rank 1 at iteration 2")
+
+
+build_hooks = Trainer.build_hooks
+Trainer.build_hooks = lambda self: build_hooks(self) + [FailInRank1()]
+
+if __name__ == "__main__":
+    train_net.launch_main(train_net.argument_parser().parse_args())
+"""
+
+
+def test_a_failing_process_ends_the_job_and_names_its_error(tmp_path):
+    script = tmp_path / "failing_rank.py"
+    script.write_text(FAILING_RANK.format(repo=REPO_ROOT))
+    cmd, env = train_net_command(
+        tmp_path, tmp_path / "out", "--num-gpus", "2", "--dist-url", "auto"
+    )
+    cmd[1] = str(script)
+    start = time.time()
+    proc = run_command(cmd, env=env, timeout=180)
+    assert proc.returncode != 0
+    # every process is gone within 60 s of the failure, the failing one's error last
+    assert time.time() - start < 60 + 60, "startup + 60 s"
+    tail = "\n".join(proc.stderr.strip().splitlines()[-40:])
+    assert "Process 1 terminated with the following error" in tail, proc.stderr[-3000:]
+    assert tail.strip().endswith("RuntimeError: injected failure of rank 1 at iteration 2")
+
+
+def test_submitit_job_requeued_after_preemption_resumes_exactly(tmp_path, reference_weights):
+    pytest.importorskip("submitit")
+    submit_slurm = load_script("tools/submit_slurm.py")
+    output_dir = tmp_path / "job"
+    cmd, env = train_net_command(tmp_path, output_dir)
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        job = submit_slurm.submit(
+            ["--cluster", "local", "--time", "20", "--folder", str(tmp_path / "submitit")] + cmd[2:]
+        )
+        # the job's task is the process that runs submitit's _submit; preempt it at iteration 4
+        task = TaskProcess(job)
+        stop_when_training_reaches(task, output_dir, 4, lambda t: t.send(signal.SIGUSR2))
+        job.result()  # waits for the requeued job; raises if it failed
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    logs = "".join(p.read_text() for p in (tmp_path / "submitit").glob("*_log.*"))
+    assert "Requeued job" in logs, logs[-3000:]
+    assert "stopped at iteration" in logs, logs[-3000:]
+    assert_same_weights(output_dir / "model_final.pth", reference_weights)
+
+
+class TaskProcess:
+    """The process of a local submitit job's task (a child of the job's controller)."""
+
+    def __init__(self, job):
+        self.controller = job._process
+
+    def poll(self):
+        return self.controller.poll()
+
+    def send(self, signum):
+        for pid in os.listdir("/proc"):
+            if pid.isdigit() and self._parent(pid) == self.controller.pid:
+                os.kill(int(pid), signum)
+
+    @staticmethod
+    def _parent(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
