@@ -342,6 +342,6 @@ def reference_weights(tmp_path_factory):
     with FileLock(f"{shared}.lock"):
         final = shared / "model_final.pth"
         if not final.exists():
-            train_net(shared, shared / "out")
+            train_net(shared / "out")
             os.replace(shared / "out" / "model_final.pth", final)
     return final

@@ -12,7 +12,7 @@ from tiny_demo import assert_same_weights, train_net
 
 def test_sigkill_then_resume_is_the_uninterrupted_run(tmp_path, reference_weights):
     killed_dir = tmp_path / "killed"
-    victim = train_net(tmp_path, killed_dir, background=True)
+    victim = train_net(killed_dir, background=True)
     try:
         tag = killed_dir / "last_checkpoint"
         deadline = time.time() + 300
@@ -27,7 +27,7 @@ def test_sigkill_then_resume_is_the_uninterrupted_run(tmp_path, reference_weight
     checkpointed_iter = torch.load(killed_dir / checkpoint, weights_only=False)["iteration"]
     assert checkpointed_iter < 11, "the run finished before it could be killed"
 
-    log = train_net(tmp_path, killed_dir, "--resume")
+    log = train_net(killed_dir, "--resume")
     assert f"Starting training from iteration {checkpointed_iter + 1}" in log
     final = torch.load(killed_dir / "model_final.pth", weights_only=False)
     assert final["iteration"] == 11

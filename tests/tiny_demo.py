@@ -4,6 +4,7 @@ tests/test_resumption.py), and what they compare."""
 import json
 import os
 import sys
+import tempfile
 
 import torch
 from conftest import TINY_MODEL, run_command, start_command
@@ -23,19 +24,25 @@ TINY = [
 ]  # fmt: skip
 
 
-def train_net_command(tmp_path, output_dir, *extra):
-    """The command and environment of ``train_net.py`` on the tiny demo."""
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+# the synthetic dataset, generated once for all these runs (deterministic; generation is
+# cached and safe from several processes: pointrend_sem/data/datasets/synthetic.py)
+DATASETS_ROOT = os.path.join(tempfile.gettempdir(), "pointrend_sem_tiny_demo_datasets")
+
+
+def train_net_command(output_dir, *extra, opts=()):
+    """The command and environment of ``train_net.py`` on the tiny demo (flags ``extra``, more
+    config overrides ``opts``)."""
+    env = dict(os.environ, DETECTRON2_DATASETS=DATASETS_ROOT)
     cmd = [sys.executable, "train_net.py", "--config-file", "configs/demo_synthetic.yaml", *extra]
-    return cmd + [*TINY, "OUTPUT_DIR", str(output_dir)], env
+    return cmd + [*TINY, *opts, "OUTPUT_DIR", str(output_dir)], env
 
 
-def train_net(tmp_path, output_dir, *extra, background=False):
+def train_net(output_dir, *extra, background=False):
     """``train_net.py`` on the tiny demo: started in the background (output to
     ``<output_dir>.log``), or run to completion (returns its output). A process of its own, as
     every run that a test compares bit for bit: none inherits what other tests changed in
     torch's settings."""
-    cmd, env = train_net_command(tmp_path, output_dir, *extra)
+    cmd, env = train_net_command(output_dir, *extra)
     if background:
         return start_command(cmd, f"{output_dir}.log", env=env)
     proc = run_command(cmd, env=env)

@@ -73,7 +73,7 @@ def with_stop_signal(args, extra: signal.Signals) -> list:
 def argument_parser():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Other arguments (--config-file, --datasets-file, KEY VALUE ...) go to train_net.py.",
+        epilog="Other arguments (--config-file, --datasets-file, KEY VALUE ...): train_net.py's.",
     )
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus-per-node", type=int, default=1)
@@ -107,7 +107,9 @@ def argument_parser():
 
 
 def build_executor(args, folder: str) -> submitit.AutoExecutor:
-    executor = submitit.AutoExecutor(folder=folder, cluster=args.cluster)
+    executor = submitit.AutoExecutor(
+        folder=folder, cluster=args.cluster, slurm_max_num_timeout=args.max_requeues
+    )
     additional = {}
     if args.account:
         additional["account"] = args.account
@@ -119,7 +121,6 @@ def build_executor(args, folder: str) -> submitit.AutoExecutor:
         cpus_per_task=args.cpus_per_gpu * args.gpus_per_node,
         timeout_min=args.time,
         slurm_signal_delay_s=args.signal_delay,
-        slurm_max_num_timeout=args.max_requeues,
         **({"slurm_partition": args.partition} if args.partition else {}),
         **({"slurm_qos": args.qos} if args.qos else {}),
         **({"slurm_constraint": args.constraint} if args.constraint else {}),

@@ -3,6 +3,7 @@
 from detectron2.utils import comm
 
 from ..errors import UserValueError
+from .stop_signals import parse_signals
 
 
 def check_config_values(cfg, training: bool) -> None:
@@ -11,7 +12,7 @@ def check_config_values(cfg, training: bool) -> None:
     ``training`` (the keys only training reads): ``SOLVER.IMS_PER_BATCH`` >= 1 and a multiple of
     the number of processes (of ``SOLVER.REFERENCE_WORLD_SIZE`` when set, which detectron2 scales
     it from), ``SOLVER.BASE_LR`` > 0, ``SOLVER.MAX_ITER`` >= 0, ``SOLVER.CHECKPOINT_PERIOD`` >= 1,
-    ``TEST.EVAL_PERIOD`` >= 0."""
+    ``TEST.EVAL_PERIOD`` >= 0, signal names in ``SOLVER.CHECKPOINT_ON_SIGNALS``."""
     problems = []
     if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES < 1:
         problems.append(
@@ -62,5 +63,6 @@ def check_config_values(cfg, training: bool) -> None:
                 f"TEST.EVAL_PERIOD is {cfg.TEST.EVAL_PERIOD}: set it to a number of iterations, "
                 "or to 0 to evaluate only at the end of training."
             )
+        parse_signals(solver.CHECKPOINT_ON_SIGNALS)  # raises, naming the key, on a wrong name
     if problems:
         raise UserValueError(problems[0])
