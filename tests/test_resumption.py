@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, kill_all, load_script, run_command, tail_of
+from conftest import REPO_ROOT, TINY_MODEL, kill_all, load_config, load_script, run_command, tail_of
 from tiny_demo import assert_same_weights, stream_iterations, train_net_command
 
 from pointrend_sem.data.resumable_loader import (
@@ -335,3 +335,31 @@ class TaskProcess:
                 return int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             return None
+
+
+def test_an_evaluation_abandoned_by_a_stop_returns_no_results(monkeypatch):
+    """Trainer.test during training: a stop request ends the evaluation before its first image;
+    the evaluator never evaluates (nothing written), and the result is empty."""
+    from detectron2.evaluation import DatasetEvaluator
+    from detectron2.modeling import build_model
+
+    from pointrend_sem.engine import Trainer
+
+    calls = []
+
+    class Recording(DatasetEvaluator):
+        def process(self, inputs, outputs):
+            calls.append("process")
+
+        def evaluate(self):
+            calls.append("evaluate")
+            return {"sem_seg": {"mIoU": 1.0}}
+
+    image = {"image": torch.zeros(3, 32, 32), "height": 32, "width": 32}
+    loader = resumption.AbandonOnStop([[image]])
+    monkeypatch.setattr(Trainer, "build_test_loader", classmethod(lambda cls, cfg, name: loader))
+    monkeypatch.setattr(Trainer, "build_evaluator", classmethod(lambda cls, *a: Recording()))
+    monkeypatch.setattr(resumption, "_active_stop", RequestedStop(True))
+    cfg = load_config(opts=TINY_MODEL)
+    assert Trainer.test(cfg, build_model(cfg)) == {}
+    assert calls == []
