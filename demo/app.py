@@ -85,6 +85,19 @@ def dataset_examples(cfg, count: int = NUM_EXAMPLES) -> List[str]:
     return [d["file_name"] for d in dicts[:count]]
 
 
+def describe(config_file: str, weights: str, exported: Optional[str], model: AppModel) -> str:
+    """The page's line about the model: config, weights, classes, device."""
+    if exported:
+        source, device = f"`{exported}` (exported)", model.demo.predictor.device
+    else:
+        source = f"`{weights}`" if weights else "random (`MODEL.WEIGHTS` empty)"
+        device = model.demo.predictor.model.device
+    return (
+        f"`{config_file}` · weights {source} · {len(model.class_names)} classes · "
+        f"{device}, {torch.get_num_threads()} threads"
+    )
+
+
 def build_app(args):
     """The page (a ``gr.Blocks``) of the model that ``args`` choose, not launched yet."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by Gradio when it would send some
@@ -99,20 +112,7 @@ def build_app(args):
         expand_image_inputs(args.examples, "--examples") if args.examples else dataset_examples(cfg)
     )
     model = AppModel(cfg, exported=args.exported)
-    source = (
-        f"`{args.exported}` (exported)"
-        if args.exported
-        else (
-            f"`{cfg.MODEL.WEIGHTS}`"
-            if cfg.MODEL.WEIGHTS
-            else "random weights (`MODEL.WEIGHTS` empty)"
-        )
-    )
-    device = "cpu" if args.exported else str(model.demo.predictor.model.device)
-    header = (
-        f"`{args.config_file}` · weights {source} · {len(model.class_names)} classes · "
-        f"{device}, {torch.get_num_threads()} threads"
-    )
+    header = describe(args.config_file, cfg.MODEL.WEIGHTS, args.exported, model)
     return build_page(model, examples, int(args.max_megapixels * 1e6), header)
 
 

@@ -144,8 +144,9 @@ def build_page(model: AppModel, examples: List[str], max_pixels: int, header: st
                     0.0, 1.0, value=model.demo.alpha, step=0.05, label="overlay opacity"
                 )
                 run = gr.Button("Segment", variant="primary", elem_id="segment")
-                if examples:
-                    gr.Examples(examples, inputs=image, label="examples")
+                example_row = (
+                    gr.Examples(examples, inputs=image, label="examples") if examples else None
+                )
             with gr.Column(scale=5):
                 facts = gr.Markdown(EMPTY_MESSAGE, elem_id="facts")
                 with gr.Row():
@@ -171,14 +172,18 @@ def build_page(model: AppModel, examples: List[str], max_pixels: int, header: st
                 file_output = gr.File(
                     label="class ids (PNG, the image's size)", elem_id="class-map"
                 )
-        gr.on(
-            [image.change, run.click],
-            segment,
+        event = dict(
+            fn=segment,
             inputs=[image, precision, tta, opacity],
             outputs=[facts, coarse, refined, legend, steps, file_output],
             preprocess=False,  # the upload is read and checked by read_upload, not by Gradio
             api_visibility="private",
             concurrency_id="model",
         )
+        # an upload, a paste, a clear, the button; an example once it is in the image box
+        # (image.change would fire twice when an image replaces another)
+        gr.on([image.input, run.click], **event)
+        if example_row is not None:
+            example_row.load_input_event.then(**event)
         gr.api(class_map, api_name="class_map", concurrency_id="model")
     return page

@@ -83,7 +83,7 @@ def requested_urls(driver) -> List[str]:
 
 
 def save_whole_page(driver, output: str, palette: bool = False) -> None:
-    """A PNG screenshot of the whole page, its full height (``palette``: 256 colours, a smaller
+    """A PNG screenshot of the whole page, its full height (``palette``: 128 colours, a smaller
     file for the docs)."""
     width = driver.execute_script("return window.innerWidth")
     height = driver.execute_script("return document.documentElement.scrollHeight")
@@ -96,14 +96,14 @@ def save_whole_page(driver, output: str, palette: bool = False) -> None:
         from PIL import Image
 
         with Image.open(output) as shot:
-            shot.convert("RGB").quantize(256).save(output, optimize=True)
+            shot.convert("RGB").quantize(128).save(output, optimize=True)
 
 
 def upload_and_capture(
     url: str, image: str, output: str, timeout: float = 60.0, palette: bool = False
 ) -> Dict:
     """Load the page at ``url``, upload ``image``, wait until the refined overlay and the legend
-    appear, and save a screenshot of the whole page to ``output`` (PNG; ``palette``: 256
+    appear, and save a screenshot of the whole page to ``output`` (PNG; ``palette``: 128
     colours).
 
     Returns:
@@ -158,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--output", required=True, help="the screenshot to write (PNG)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
     parser.add_argument(
-        "--palette", action="store_true", help="save with 256 colours: a smaller file, for docs"
+        "--palette", action="store_true", help="save with 128 colours: a smaller file, for docs"
     )
     args = parser.parse_args(argv)
     if chromium() is None:
