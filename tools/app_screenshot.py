@@ -164,7 +164,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     if chromium() is None:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 1
-    result = upload_and_capture(args.url, args.image, args.output, args.timeout, args.palette)
+    from selenium.common.exceptions import TimeoutException, WebDriverException
+
+    try:
+        result = upload_and_capture(args.url, args.image, args.output, args.timeout, args.palette)
+    except TimeoutException:
+        print(
+            f"error: {args.url}: the page, or the overlay of {args.image}, did not appear within "
+            f"{args.timeout:g} s (--timeout): is demo/app.py serving there, is it an image?",
+            file=sys.stderr,
+        )
+        return 1
+    except WebDriverException as e:
+        print(f"error: {args.url}: {(e.msg or type(e).__name__).splitlines()[0]}", file=sys.stderr)
+        return 1
     print(f"overlay {result['overlay'][0]}x{result['overlay'][1]}; {result['facts']}")
     print(f"legend: {' | '.join(result['legend'].splitlines())}")
     print(f"requests to other hosts: {result['external'] or 'none'}")
