@@ -41,5 +41,9 @@ setup(
         "pyyaml",
         "tqdm",
     ],
-    extras_require={"dev": requirements("dev/requirements.txt")},
+    extras_require={
+        "dev": requirements("dev/requirements.txt"),
+        # the browser demo, demo/app.py (docs/demo.md): its line of the dev extra
+        "app": [r for r in requirements("dev/requirements.txt") if r.startswith("gradio")],
+    },
 )

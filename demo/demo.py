@@ -23,24 +23,22 @@ import cv2
 import tqdm
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
-from visualization import VisualizationDemo
+from visualization import VisualizationDemo, add_model_arguments
 
 from pointrend_sem.checkpoint import check_weights_file
-from pointrend_sem.cpu_memory import add_memory_argument, apply_memory_argument
-from pointrend_sem.engine import add_opts_argument, setup
+from pointrend_sem.cpu_memory import apply_memory_argument
+from pointrend_sem.engine import setup
 from pointrend_sem.errors import (
     UserFileNotFoundError,
     UserValueError,
     main_with_one_line_errors,
 )
-from pointrend_sem.export.runner import ExportedPredictor
 from pointrend_sem.image_inputs import expand_image_inputs
 
 
 def get_parser() -> argparse.ArgumentParser:
     """The command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="config file")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--input",
@@ -57,14 +55,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--alpha", type=float, default=0.5, help="opacity of the class colours (default 0.5)"
     )
-    parser.add_argument(
-        "--exported",
-        metavar="PATH",
-        help="run this file of tools/export_model.py (with its PATH.json) instead of the "
-        "PyTorch model; the config still names the classes and colours",
-    )
-    add_memory_argument(parser)
-    add_opts_argument(parser)
+    add_model_arguments(parser)
     return parser
 
 
@@ -136,9 +127,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     inputs = (
         None if args.video_input else expand_image_inputs(args.input, "--input")
     )  # before the model
-    demo = VisualizationDemo(cfg, alpha=args.alpha)
-    if args.exported:
-        demo.predictor = ExportedPredictor(args.exported)  # same call: BGR in, "sem_seg" out
+    demo = VisualizationDemo(cfg, alpha=args.alpha, exported=args.exported)
     if args.video_input:
         logger.info(f"Wrote {run_on_video(demo, args.video_input, args.output)}")
     else:

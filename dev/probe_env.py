@@ -12,6 +12,7 @@ alone is installed, so that the torchvision chosen matches it.
 import importlib
 import importlib.metadata
 import os
+import re
 
 # the modules of each piece; "package" is this package, installed (not only importable from the
 # repository root), and its "dev" extra (DEV_REQUIREMENTS, installed distributions)
@@ -25,9 +26,11 @@ DEV_REQUIREMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "req
 
 
 def dev_distributions() -> list:
-    """The distributions of setup.py's "dev" extra (``DEV_REQUIREMENTS``)."""
+    """The distributions of setup.py's "dev" extra (``DEV_REQUIREMENTS``), without their
+    version bounds (``gradio>=6.31,<7`` -> ``gradio``)."""
     with open(DEV_REQUIREMENTS, encoding="utf-8") as f:
-        return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+        lines = [line.split("#")[0].strip() for line in f]
+    return [re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0] for line in lines if line]
 
 
 def importable(piece: str) -> bool:

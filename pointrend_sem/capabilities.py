@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
-from typing import FrozenSet, Optional
+from typing import FrozenSet, List, Optional
 
 import torch
 from torch.nn import functional as F
@@ -193,6 +193,20 @@ def precision_support(dtype: torch.dtype, device="cpu") -> PrecisionSupport:
             )
         return PrecisionSupport(True, True, f"{name} on a CUDA GPU")
     return PrecisionSupport(dtype == torch.float32, dtype == torch.float32, f"device {device_type}")
+
+
+def runnable_precisions(device="cpu") -> List[str]:
+    """The ``TEST.PRECISION`` values that run on ``device`` (a torch device or its name), in this
+    order: "fp32" always, "tf32" on a CUDA GPU with TF32 units, "bf16" and "fp16" where
+    :func:`precision_support` says they run (natively or emulated). "auto" is left out: it
+    picks one of these."""
+    names = ["fp32"]
+    if torch.device(device).type == "cuda" and cuda_has_ampere_math():
+        names.append("tf32")
+    for dtype in (torch.bfloat16, torch.float16):
+        if precision_support(dtype, device).runs:
+            names.append(DTYPE_NAMES[dtype])
+    return names
 
 
 def device_available(device) -> bool:

@@ -88,3 +88,24 @@ def test_torchvision_alone_is_matched_to_the_installed_torch(tmp_path):
     demo = make_n("demo", env=hide(tmp_path, "torchvision"))
     version = torch.__version__.split("+")[0]
     assert f"{sys.executable} {PIP} torch=={version} torchvision" in demo
+
+
+def test_app_trains_the_demo_model_first_only_when_it_is_missing(tmp_path):
+    """`make app` serves the demo model; without it, it trains it first and says so (PRESENT
+    given: the set-up probe does not run)."""
+    pieces = "PRESENT=torch detectron2 package mmseg"
+    missing = make_n("app", pieces, f"DEMO_OUTPUT={tmp_path}")
+    train = f"{sys.executable} train_net.py --config-file configs/demo_synthetic.yaml"
+    assert missing.index(f"{train} OUTPUT_DIR {tmp_path}") < len(missing) - 2, missing
+    assert "is missing: training the demo model first" in " ".join(missing)
+    (tmp_path / "model_final.pth").touch()
+    present = make_n("app", pieces, f"DEMO_OUTPUT={tmp_path}")
+    assert not [line for line in present if "train_net.py" in line]
+    serve = " ".join(present).replace("\\", " ").split()
+    assert serve[:4] == [
+        sys.executable,
+        "demo/app.py",
+        "--config-file",
+        "configs/demo_synthetic.yaml",
+    ]
+    assert serve[-3:] == ["--opts", "MODEL.WEIGHTS", f"{tmp_path}/model_final.pth"]

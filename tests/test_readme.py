@@ -182,6 +182,6 @@ def test_readme_make_targets_are_in_the_makefile():
 
 def test_readme_has_commands_to_check():
     """Guards the parsing above: the README's blocks hold the two make targets and scripts."""
-    assert README_MAKE_TARGETS == ["demo", "test"], README_MAKE_TARGETS
+    assert README_MAKE_TARGETS == ["app", "demo", "test"], README_MAKE_TARGETS
     assert "train_net.py" in README_SCRIPTS, README_SCRIPTS
     assert all(shlex.split(c) for c in readme_commands())

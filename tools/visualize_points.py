@@ -19,11 +19,10 @@ whole-image inference (``TEST.SLIDING_WINDOW.ENABLED`` False) and its coarse pre
 import argparse
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import pointrend_sem  # noqa: F401  # isort: skip  (first: detectron2 imported quietly)
 import numpy as np
-import torch
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
@@ -37,7 +36,7 @@ from pointrend_sem.data import build_test_augmentations
 from pointrend_sem.engine import add_opts_argument, setup
 from pointrend_sem.errors import UserFileNotFoundError, main_with_one_line_errors
 from pointrend_sem.inference import build_inference_model
-from pointrend_sem.modeling import SubdivisionTrace, calculate_uncertainty
+from pointrend_sem.modeling import collect_subdivision
 from pointrend_sem.predictor import display_metadata, to_model_inputs
 
 PANEL_INCHES = 4.0  # width and height of one panel
@@ -138,68 +137,6 @@ def _marker_area(image_shape, grid_width: int, dpi: int) -> float:
     cell_pixels = PANEL_INCHES * dpi * width / max(width, height) / grid_width
     diameter = max(0.5 * cell_pixels, 2.0) * 72.0 / dpi
     return diameter**2
-
-
-def _step_in_image(logits: torch.Tensor, coords: torch.Tensor, padded_size, image_size, out_size):
-    """One subdivision step, cropped to the grid cells that cover the image (a partly covered
-    last row or column included, as :func:`select_uncertain_grid_points` counts them).
-
-    Args:
-        logits: (1, C, h, w) logits of the step before its points are re-predicted, over the
-            padded batch.
-        coords: (P, 2) chosen points, [0, 1] (x, y) over the padded batch.
-        padded_size, image_size: (H, W) of the padded batch and of the image inside it.
-        out_size: (H, W) of the original image.
-
-    Returns:
-        uncertainty (rows, cols) of the crop, and the points inside it (P', 2) in pixels of the
-        original image, the crop being stretched over the image.
-    """
-    uncertainty = calculate_uncertainty(logits)[0, 0]
-    grid = np.array(uncertainty.shape, dtype=np.float64)
-    cells = np.ceil(grid * np.asarray(image_size) / np.asarray(padded_size))  # (rows, cols)
-    xy = coords.cpu().double().numpy() * grid[::-1]  # in grid cells
-    inside = (xy < cells[::-1]).all(axis=1)
-    points = xy[inside] * (np.asarray(out_size, dtype=np.float64) / cells)[::-1]
-    return uncertainty[: int(cells[0]), : int(cells[1])].cpu().numpy(), points
-
-
-@torch.no_grad()
-def collect_subdivision(model, inputs: Dict) -> Dict:
-    """Predict one input dict with ``model.predict`` (an inference module, or a
-    ``PointRendSemanticSegmentor`` in eval mode, with whole-image inference and
-    ``output_coarse``; see ``FORCED_OPTS``), recording each subdivision step in a
-    :class:`SubdivisionTrace`.
-
-    Args:
-        inputs: "image" (3, h, w) in the model's input format, "height" H and "width" W of the
-            original image (:func:`pointrend_sem.predictor.to_model_inputs`).
-
-    Returns:
-        dict with "coarse" and "final" (H, W) class ids at the original size, and "steps":
-        a list of (uncertainty (rows, cols), points (P, 2) in pixels), one per subdivision step.
-
-    Raises:
-        ValueError: the model does not return its coarse prediction.
-    """
-    out_size = (inputs["height"], inputs["width"])
-    trace = SubdivisionTrace()
-    (output,) = model.predict([inputs["image"]], [out_size], trace=trace)
-    if "coarse_sem_seg" not in output:
-        raise ValueError(
-            "collect_subdivision draws the coarse prediction: build the model with "
-            "MODEL.POINTREND_SEM.OUTPUT_COARSE True."
-        )
-    image_size = trace.image_sizes[0]
-    steps = [
-        _step_in_image(step.logits, step.point_coords[0], trace.padded_size, image_size, out_size)
-        for step in trace.steps
-    ]
-    return {
-        "coarse": output["coarse_sem_seg"].argmax(0).cpu().numpy(),
-        "final": output["sem_seg"].argmax(0).cpu().numpy(),
-        "steps": steps,
-    }
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from .point_sampling import (
     select_uncertain_grid_points,
 )
 from .pointrend_head import PointRendSemHead, cross_entropy_with_ignore
-from .subdivision_trace import SubdivisionStep, SubdivisionTrace
+from .subdivision_trace import SubdivisionStep, SubdivisionTrace, collect_subdivision
 
 __all__ = [
     "SizeMatchedFPN",
@@ -43,4 +43,5 @@ __all__ = [
     "cross_entropy_with_ignore",
     "SubdivisionStep",
     "SubdivisionTrace",
+    "collect_subdivision",
 ]
