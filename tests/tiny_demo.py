@@ -32,7 +32,9 @@ DATASETS_ROOT = os.path.join(tempfile.gettempdir(), "pointrend_sem_tiny_demo_dat
 def train_net_command(output_dir, *extra, opts=()):
     """The command and environment of ``train_net.py`` on the tiny demo (flags ``extra``, more
     config overrides ``opts``)."""
-    env = dict(os.environ, DETECTRON2_DATASETS=DATASETS_ROOT)
+    # one thread per process: the test workers and a run's processes share the cores (the
+    # runs a test compares bit for bit all run with this setting)
+    env = dict(os.environ, DETECTRON2_DATASETS=DATASETS_ROOT, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "train_net.py", "--config-file", "configs/demo_synthetic.yaml", *extra]
     return cmd + [*TINY, *opts, "OUTPUT_DIR", str(output_dir)], env
 

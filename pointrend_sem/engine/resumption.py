@@ -168,8 +168,7 @@ class CheckpointOnSignal(HookBase):
         self._release_train_loader()
         if self.stop.requested and not self._handled and self.abandoned_evaluation:
             self._finish_stop("training had ended; the final evaluation was abandoned")
-        if not self._handled:  # else exiting, the signals ignored
-            self.stop.uninstall()
+        self.stop.uninstall()
 
     def _finish_stop(self, what: str) -> None:
         """Log, wait for every process (all checkpoints written), let a launcher's own handler
@@ -181,11 +180,11 @@ class CheckpointOnSignal(HookBase):
                 f"{received} (in one process or more): {what}. Exit status "
                 f"{STOPPED_EXIT_CODE}. Resume with: {resume_command()}"
             )
-        comm.synchronize()
+        comm.synchronize()  # every checkpoint is written
         self.stop.run_previous_handler()
-        # exiting now: the launcher may signal this process once another one has exited
-        # (torch.multiprocessing terminates the rest), which must not cut the last log writes
-        self.stop.ignore()
+        # the signals' own handling again: when one process has exited, torch's
+        # start_processes terminates the others with SIGTERM, which must end them now
+        self.stop.uninstall()
         raise TrainingStopped()
 
 

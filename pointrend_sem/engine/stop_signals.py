@@ -76,11 +76,6 @@ class StopSignals:
             signal.signal(signum, previous)
         self._previous = {}
 
-    def ignore(self) -> None:
-        """Ignore the signals from now on (the process is about to exit)."""
-        for signum in self.signals:
-            signal.signal(signum, signal.SIG_IGN)
-
     def __enter__(self) -> "StopSignals":
         return self.install()
 
