@@ -4,6 +4,7 @@
 python train_net.py --config-file configs/demo_synthetic.yaml
 python train_net.py --config-file configs/cityscapes_r50.yaml --num-gpus 4
 python train_net.py --config-file configs/cityscapes_r50.yaml --eval-only MODEL.WEIGHTS m.pth
+python train_net.py --config-file configs/demo_synthetic.yaml --eval-only --exported demo.onnx
 """
 
 import os
@@ -21,17 +22,23 @@ from pointrend_sem.cpu_memory import add_memory_argument, apply_memory_argument
 from pointrend_sem.data.datasets import check_dataset_ready, register_from_file
 from pointrend_sem.engine import Trainer, merge_results, setup
 from pointrend_sem.engine.stop_signals import parse_signals, stoppable_launch
-from pointrend_sem.errors import main_with_one_line_errors
+from pointrend_sem.errors import UserValueError, main_with_one_line_errors
 
 
 def main(args):
     if args.datasets_file:
         register_from_file(args.datasets_file)
+    if args.exported and not args.eval_only:
+        raise UserValueError("--exported evaluates an exported file: add --eval-only.")
     cfg = setup(args)
     apply_memory_argument(args, cfg.MODEL.DEVICE)
     needed = cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST
     for dataset_name in needed:
         check_dataset_ready(dataset_name, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    if args.exported:
+        from pointrend_sem.export.evaluation import evaluate_exported
+
+        return evaluate_exported(cfg, args.exported)
     resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     if not resuming:
         check_weights_file(cfg.MODEL.WEIGHTS)
@@ -61,6 +68,13 @@ def argument_parser():
         "--datasets-file",
         default="",
         help="JSON/YAML file registering your own image/label folders (datasets/README.md)",
+    )
+    parser.add_argument(
+        "--exported",
+        default="",
+        metavar="PATH",
+        help="with --eval-only: evaluate this file of tools/export_model.py (run by "
+        "pointrend_sem.export.runner) instead of the PyTorch model",
     )
     add_memory_argument(parser)
     return parser

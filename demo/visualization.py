@@ -64,8 +64,10 @@ class VisualizationDemo:
             the model's output, and the prediction drawn over the image (RGB, H x W).
         """
         predictions = self.predictor(image_bgr)
-        # the argmax over classes labels every pixel: no pixel is left as "ignore"
-        labels = predictions["sem_seg"].argmax(dim=0).cpu().numpy()
+        # the argmax over classes labels every pixel: no pixel is left as "ignore"; the scores
+        # are a tensor (SemSegPredictor) or a numpy array (ExportedPredictor)
+        labels = predictions["sem_seg"].argmax(0)
+        labels = labels.cpu().numpy() if hasattr(labels, "cpu") else labels
         return predictions, self.draw(image_bgr[:, :, ::-1], labels)
 
     def run_on_video(self, video: cv2.VideoCapture) -> Iterator[np.ndarray]:

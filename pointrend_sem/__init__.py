@@ -2,9 +2,10 @@
 
 Importing this package registers its backbone, heads, meta-architecture and datasets.
 
-Without detectron2 (a deployment machine), the package still imports, for the parts that do
-not need it: :mod:`pointrend_sem.export.runner` (runs an exported model) and
-:mod:`pointrend_sem.errors`; anything else says that it needs detectron2.
+Without detectron2 or without PyTorch (a deployment machine), the package still imports, for the
+parts that do not need them: :mod:`pointrend_sem.export.runner` (runs an exported model; an
+``.onnx`` file needs neither) and :mod:`pointrend_sem.errors`; anything else says that it needs
+them.
 """
 
 from .errors import UserError, main_with_one_line_errors
@@ -13,14 +14,15 @@ __version__ = "0.1.0"
 
 try:
     import detectron2  # noqa: F401
+    import torch  # noqa: F401
 except ModuleNotFoundError as e:
-    if e.name != "detectron2":
+    if e.name not in ("torch", "detectron2"):
         raise
-    _MISSING_DETECTRON2 = True
+    _MISSING = e.name
 else:
-    _MISSING_DETECTRON2 = False
+    _MISSING = None
 
-if not _MISSING_DETECTRON2:
+if _MISSING is None:
     from .console import known_import_warnings_silenced
 
     # the first import of detectron2's modules (and fvcore's) happens here, without the
@@ -35,6 +37,7 @@ else:
 
     def __getattr__(name: str):
         raise ImportError(
-            f"pointrend_sem.{name} needs detectron2, which is not installed (README.md, "
-            "'Installation'); without it, only pointrend_sem.export.runner runs (exported models)."
+            f"pointrend_sem.{name} needs PyTorch and detectron2, and {_MISSING} is not installed "
+            "(README.md, 'Installation'); without them, only pointrend_sem.export.runner runs "
+            "(exported models)."
         )

@@ -160,8 +160,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--exported",
+        action="append",
+        default=[],
         metavar="PATH",
-        help="time this file of tools/export_model.py against ours (benchmarking/exported.py)",
+        help="also time this file of tools/export_model.py (repeat for more: fp32 and int8 "
+        "ONNX, ...) side by side with ours, eager bf16 where the CPU has it, and the --compare "
+        "reference (benchmarking/exported.py)",
     )
     parser.add_argument("--train", action="store_true", help="also time training iterations")
     parser.add_argument(
@@ -324,19 +328,38 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         contenders.append(reference)
         results["reference"] = args.compare
         results["reference_memory_reuse"] = memory_reuse(reference.keeps_freed_memory, device)
-    if args.exported and not args.compare:
+    descriptions = {}  # the side-by-side table's contenders: name -> what it is
+    if args.exported:
+        descriptions["ours"] = f"ours, eager PyTorch ({results['precision']})"
+        if results["precision"] == "fp32":
+            bf16, results["eager_bf16"] = exported.bf16_contender(
+                model, cfg, images, sizes, device, ours.keeps_freed_memory
+            )
+            if bf16 is not None:
+                contenders.append(bf16)
+                descriptions[bf16.name] = "ours, eager PyTorch (bf16)"
         image = inputs.in_format(image_rgb, cfg.INPUT.FORMAT)
-        contenders.append(exported.build_exported_contender(args.exported, image, args.batch_size))
-        results["reference"] = f"exported {args.exported}"
+        for index, path in enumerate(args.exported):
+            name = exported.exported_name(index)
+            contenders.append(
+                exported.build_exported_contender(
+                    path, image, args.batch_size, name, torch.get_num_threads()
+                )
+            )
+            descriptions[name] = exported.describe_exported(path)
+        if reference is not None:
+            descriptions["reference"] = f"{args.compare} (reference, fp32)"
 
     records = measure.time_alternating(contenders, args.runs, args.warmup, device)
     if device == "cpu":  # ours' setting again for what follows (another contender ran last)
         measure.use_memory_setting(ours.keeps_freed_memory)
     results.update(report.inference_fields(records, args.batch_size))
+    if descriptions:
+        results["side_by_side"] = exported.side_by_side(records, descriptions, references.agreement)
     results.update(point_share.measure_point_share(inference_model.model, ours.forward, device))
     if args.roofline:
         results.update(roofline.measure_ceilings(device))
-        for contender in contenders:
+        for contender in (c for c in contenders if c.name in ("ours", "reference")):
             prefix = "" if contender is ours else "reference_"
             results.update(
                 roofline.roofline_fields(

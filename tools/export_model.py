@@ -32,17 +32,28 @@ the command fails. Both latencies are printed.
 (resize to the export size, scores back at each image's size) on these images and compare its
 classes with the PyTorch model's on the same resized input; fails below 99.9 % of pixels.
 TEST.AUG.ENABLED and TEST.SLIDING_WINDOW.ENABLED are refused.
+
+--quantize int8 (with --format onnx) --calibration-images GLOB (repeatable; a few dozen images):
+the fp32 graph, exported and checked as above, is quantized by onnxruntime's static
+quantization (``pointrend_sem.export.quantize``: QDQ, u8 activations, per-channel s8 weights in
+7 bits, the backbone, FPN and coarse head; the point part stays fp32), calibrated on the images
+through the runner's pre-processing. The int8 file is then run through the runner on the
+--check-images (default: the calibration images) and compared with fp32 PyTorch on the same
+resized input: below --min-same-class (default 0.98) of the pixels with PyTorch's class the
+command fails in one line and writes nothing to OUTPUT. The sidecar records "precision": "int8",
+the "quantization" and the "calibration" images.
 """
 
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pointrend_sem  # noqa: F401  # isort: skip  (first: detectron2 imported quietly)
-import cv2
 import torch
 from detectron2.modeling import build_model
 
@@ -58,7 +69,9 @@ from pointrend_sem.export.module import (
     check_exportable,
     export_model,
     random_image,
+    sidecar_path,
 )
+from pointrend_sem.export.quantize import read_images, write_int8
 from pointrend_sem.export.runner import ExportedPredictor, load_graph
 from pointrend_sem.image_inputs import expand_image_inputs
 from pointrend_sem.inference import build_inference_model, fp32_math
@@ -69,6 +82,8 @@ MIN_SAME_CLASS = 0.9999
 MAX_REL_DIFF = 1e-4
 # --check-images: same class as PyTorch on at least this fraction of the images' pixels
 MIN_SAME_CLASS_ON_IMAGES = 0.999
+# --quantize int8: the default of --min-same-class (the trained demo model gives 99.5 %)
+DEFAULT_MIN_SAME_CLASS_INT8 = 0.98
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -97,6 +112,29 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="GLOB",
         help="also compare with PyTorch on these images, through the runner (a file, a folder or "
         "a quoted glob; repeat the option for more)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="with --format onnx: write an int8 graph (static quantization of the backbone, FPN "
+        "and coarse head, calibrated on --calibration-images)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="--quantize: the images whose activation ranges set the quantization (a file, a "
+        "folder or a quoted glob; repeat the option for more; a few dozen of your images)",
+    )
+    parser.add_argument(
+        "--min-same-class",
+        type=float,
+        default=DEFAULT_MIN_SAME_CLASS_INT8,
+        metavar="FRACTION",
+        help="--quantize: refuse the int8 file below this fraction of pixels with fp32 "
+        "PyTorch's class on the --check-images, or the calibration images (default "
+        f"{DEFAULT_MIN_SAME_CLASS_INT8})",
     )
     parser.add_argument(
         "--verbose",
@@ -161,33 +199,74 @@ def check_exported(
     return result
 
 
-def check_on_images(model, path: str, files: Sequence[str]) -> float:
+def same_class_on_images(model, path: str, files: Sequence[str], option: str) -> float:
     """The fraction of the pixels of ``files`` where the exported ``path``, run by
     :class:`~pointrend_sem.export.runner.ExportedPredictor`, predicts the class that the PyTorch
     inference module ``model`` predicts from the same resized input.
 
     Raises:
-        UserValueError: an image cannot be read, or the fraction is below
-            :data:`MIN_SAME_CLASS_ON_IMAGES`.
+        UserValueError: an image cannot be read (named, with ``option``).
     """
     predictor = ExportedPredictor(path)
     same = total = 0
-    for file in files:
-        image_bgr = cv2.imread(file, cv2.IMREAD_COLOR)
-        if image_bgr is None:
-            raise UserValueError(f"--check-images: cannot read {file} as an image.")
-        got = predictor(image_bgr)["sem_seg"].argmax(0).cpu()
+    for image_bgr in read_images(files, option):
+        got = predictor(image_bgr)["sem_seg"].argmax(0)
         graph_input = torch.from_numpy(predictor.model_input(image_bgr)[0])
         expected = model.predict([graph_input], [image_bgr.shape[:2]])[0]["sem_seg"]
-        same += (got == expected.argmax(0).cpu()).sum().item()
-        total += got.numel()
-    fraction = same / total
+        same += int((got == expected.argmax(0).cpu().numpy()).sum())
+        total += got.size
+    return same / total
+
+
+def check_on_images(model, path: str, files: Sequence[str]) -> float:
+    """:func:`same_class_on_images` of the --check-images ``files``.
+
+    Raises:
+        UserValueError: an image cannot be read, or the fraction is below
+            :data:`MIN_SAME_CLASS_ON_IMAGES`.
+    """
+    fraction = same_class_on_images(model, path, files, "--check-images")
     if fraction < MIN_SAME_CLASS_ON_IMAGES:
         raise UserValueError(
             f"The exported {path} gives PyTorch's class on {fraction:.4%} of the pixels of "
             f"{len(files)} --check-images (need {MIN_SAME_CLASS_ON_IMAGES:.1%})."
         )
     return fraction
+
+
+def quantize_checked(model, fp32_path: str, output: str, args, calibration, check) -> Dict:
+    """--quantize int8: quantize the checked fp32 ``fp32_path`` (in a temporary folder) on the
+    ``calibration`` files, write its sidecar, compare it with the PyTorch inference module
+    ``model`` on the ``check`` files, and move it to ``output`` only if it reaches
+    ``args.min_same_class``; returns the check's numbers.
+
+    Raises:
+        UserValueError: the int8 file falls below --min-same-class (nothing is written to
+            ``output``), or an image cannot be read.
+    """
+    int8_path = os.path.join(os.path.dirname(fp32_path), "int8.onnx")
+    start = time.perf_counter()
+    write_int8(fp32_path, int8_path, calibration)
+    seconds = time.perf_counter() - start
+    option = "--check-images" if args.check_images else "--calibration-images"
+    share = same_class_on_images(model, int8_path, check, option)
+    which = "--check-images" if args.check_images else "calibration images"
+    print(
+        f"int8: quantized in {seconds:.0f} s; same class as fp32 PyTorch on {share:.4%} of the "
+        f"pixels of {len(check)} {which} (--min-same-class {args.min_same_class:.2%})"
+    )
+    if share < args.min_same_class:
+        raise UserValueError(
+            f"The int8 graph gives fp32 PyTorch's class on {share:.4%} of the pixels of "
+            f"{len(check)} {which}, below --min-same-class {args.min_same_class:g}: nothing was "
+            f"written to {output} (calibrate on more of your images, or lower --min-same-class)."
+        )
+    image = random_image(args.height, args.width, args.seed).numpy()
+    run_int8 = load_graph(int8_path, "onnx")
+    int8_s = median_latency(lambda: run_int8(image), args.runs)
+    os.replace(int8_path, output)
+    os.replace(sidecar_path(int8_path), sidecar_path(output))
+    return {"same_class_int8": share, "int8_s": int8_s}
 
 
 def configure_logging(verbose: bool) -> None:
@@ -199,8 +278,37 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("pointrend_sem").setLevel(logging.INFO)
 
 
+def check_quantize_arguments(args) -> List[str]:
+    """The calibration files of --quantize (none without it).
+
+    Raises:
+        UserValueError: --quantize with another format than onnx, without calibration images,
+            or with --min-same-class outside [0, 1]; --calibration-images without --quantize.
+    """
+    if not args.quantize:
+        if args.calibration_images:
+            raise UserValueError(
+                "--calibration-images is for --quantize int8; add it or drop them."
+            )
+        return []
+    if args.format != "onnx":
+        raise UserValueError(
+            f"--quantize {args.quantize} writes an ONNX graph for onnxruntime: use --format onnx, "
+            f"not {args.format}."
+        )
+    if not args.calibration_images:
+        raise UserValueError(
+            "--quantize int8 needs --calibration-images GLOB: a few dozen of your images."
+        )
+    if not 0.0 <= args.min_same_class <= 1.0:
+        raise UserValueError(
+            f"--min-same-class is a fraction of pixels in [0, 1], got {args.min_same_class:g}."
+        )
+    return expand_image_inputs(args.calibration_images, "--calibration-images")
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
-    """Parse ``argv``, export, check; return the check's numbers."""
+    """Parse ``argv``, export, check (and quantize); return the check's numbers."""
     args = get_parser().parse_args(argv)
     configure_logging(args.verbose)
     if not device_available(args.device):
@@ -213,21 +321,56 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         raise UserValueError(f"--height and --width must be >= 1, got {args.height}x{args.width}.")
     if args.format == "aoti" and not args.output.endswith(".pt2"):
         raise UserValueError(f"An AOTInductor package is a .pt2 file; got --output {args.output}.")
+    calibration = check_quantize_arguments(args)
     files = expand_image_inputs(args.check_images, "--check-images") if args.check_images else []
     check_weights_file(cfg.MODEL.WEIGHTS)
     model = build_model(cfg).eval()
     PointRendSemCheckpointer(model, strict_fit=True).load(cfg.MODEL.WEIGHTS)
+    if not args.quantize:
+        return export_and_check(cfg, model, args, args.output, files)[0]
+    # the fp32 graph and the int8 one are written next to OUTPUT, which gets the int8 graph
+    # only once it has passed its check
+    folder = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(folder, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".export-int8-", dir=folder)
+    try:
+        fp32_path = os.path.join(scratch, "fp32.onnx")
+        result, inference_model = export_and_check(
+            cfg, model, args, fp32_path, [], written="the fp32 graph to quantize"
+        )
+        check = files or calibration
+        result.update(
+            quantize_checked(inference_model, fp32_path, args.output, args, calibration, check)
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(
+        f"Wrote {args.output} (int8) and {args.output}.json; latency (median of {args.runs}, "
+        f"{torch.get_num_threads()} threads): PyTorch fp32 {result['pytorch_s'] * 1e3:.1f} ms, "
+        f"onnx fp32 {result['exported_s'] * 1e3:.1f} ms, onnx int8 {result['int8_s'] * 1e3:.1f} ms"
+    )
+    return result
+
+
+def export_and_check(
+    cfg, model, args, path: str, files: Sequence[str], written: str = ""
+) -> Tuple[Dict, Any]:
+    """Export ``model`` as ``args`` say to ``path``, check it against PyTorch on a random image
+    (and on the --check-images ``files``), print what was written (``written``, by default
+    "PATH and PATH.json") and the check; return the check's numbers and the PyTorch inference
+    module checked against."""
+    written = written or f"{path} and {path}.json"
     start = time.perf_counter()
-    export_model(cfg, model, args.format, args.height, args.width, args.output)
+    export_model(cfg, model, args.format, args.height, args.width, path)
     seconds = time.perf_counter() - start
     inference_model = build_inference_model(model, cfg)
     result = check_exported(
-        inference_model, args.output, args.format, args.height, args.width, args.seed, args.runs
+        inference_model, path, args.format, args.height, args.width, args.seed, args.runs
     )
-    size_mb = os.path.getsize(args.output) / 2**20
+    size_mb = os.path.getsize(path) / 2**20
     print(
-        f"Exported {args.output} ({args.format}, {args.height}x{args.width}, {args.device}, "
-        f"{size_mb:.1f} MiB, {seconds:.0f} s) and {args.output}.json\n"
+        f"Exported {written} ({args.format}, {args.height}x{args.width}, {args.device}, "
+        f"{size_mb:.1f} MiB, {seconds:.0f} s)\n"
         f"check on a random image: same class {result['same_class']:.4%}, scores within "
         f"{MAX_REL_DIFF:g} {result['close_fraction']:.4%}, largest score difference "
         f"{result['max_rel_diff']:.1e} of the largest score\n"
@@ -235,12 +378,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         f"{result['pytorch_s'] * 1e3:.1f} ms, {args.format} {result['exported_s'] * 1e3:.1f} ms"
     )
     if files:
-        result["same_class_on_images"] = check_on_images(inference_model, args.output, files)
+        result["same_class_on_images"] = check_on_images(inference_model, path, files)
         print(
             f"check on {len(files)} images (--check-images), through the runner: same class as "
             f"PyTorch on {result['same_class_on_images']:.4%} of pixels"
         )
-    return result
+    return result, inference_model
 
 
 if __name__ == "__main__":

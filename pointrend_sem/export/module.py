@@ -33,7 +33,7 @@ from torch import nn
 from torch.export.passes import move_to_device_pass
 
 from ..capabilities import DTYPE_NAMES, cpp_compiler
-from ..errors import UserValueError
+from ..errors import UserFileNotFoundError, UserValueError
 from ..inference import InferenceModel, build_inference_model
 from ..modeling.binary import num_output_channels
 from .runner import SIDECAR_SUFFIX
@@ -123,6 +123,17 @@ class ExportableSegmentor(nn.Module):
 def sidecar_path(path: str) -> str:
     """The JSON file next to an exported file: ``PATH.json``."""
     return path + SIDECAR_SUFFIX
+
+
+def check_exported_file(path: str, option: str) -> None:
+    """Raise :class:`~pointrend_sem.errors.UserFileNotFoundError` (one line naming ``option``)
+    when the exported ``path`` or its sidecar ``PATH.json`` is missing."""
+    for file in (path, sidecar_path(path)):
+        if not os.path.isfile(file):
+            raise UserFileNotFoundError(
+                f"{option}: {file} not found; write it with tools/export_model.py (the model "
+                "and its JSON sidecar)."
+            )
 
 
 def sidecar(

@@ -49,6 +49,7 @@ ROWS: List[Tuple[str, str, Union[str, Callable[[Dict[str, Any]], str]]]] = [
     ("reference_peak_memory_mib", "reference peak memory (MiB)", "{:.0f}"),
     ("reference_page_faults_per_pass", "reference minor page faults per pass, median", "{:.0f}"),
     ("time_ratio", "time ratio ours / reference (medians)", "{:.3f}"),
+    ("eager_bf16", "side by side: eager bf16", "{}"),
     ("agreement", "pixels with the same class as the reference", "{:.6f}"),
     ("ceiling_fp32_matmul_gflops", "ceiling fp32, matmul (GFLOP/s)", "{:.0f}"),
     ("ceiling_fp32_conv_gflops", "ceiling fp32, 3x3 conv (GFLOP/s)", "{:.0f}"),
@@ -90,13 +91,38 @@ ROWS: List[Tuple[str, str, Union[str, Callable[[Dict[str, Any]], str]]]] = [
 
 
 def format_table(results: Dict[str, Any]) -> str:
-    """The results as a two-column (quantity, value) table."""
+    """The results as a two-column (quantity, value) table, followed by the side-by-side table
+    of ``--exported`` (:func:`format_side_by_side`) when there is one."""
     rows = [
         (label, fmt(results) if callable(fmt) else fmt.format(results[key]))
         for key, label, fmt in ROWS
         if key in results
     ]
-    return tabulate(rows, headers=["quantity", "value"], tablefmt="pipe")
+    table = tabulate(rows, headers=["quantity", "value"], tablefmt="pipe")
+    if results.get("side_by_side"):
+        table += "\n\n" + format_side_by_side(results["side_by_side"])
+    return table
+
+
+def format_side_by_side(rows: List[Dict[str, Any]]) -> str:
+    """One line per contender (:func:`.exported.side_by_side`): latency median (min-max), time
+    relative to ours and to the reference, pixels with our class."""
+    with_reference = "time_vs_reference" in rows[0]
+    headers = ["contender", "latency median (min-max), ms", "time / ours"]
+    headers += ["time / reference"] if with_reference else []
+    headers += ["same class as ours"]
+    lines = []
+    for row in rows:
+        line = [
+            row["contender"],
+            f"{row['latency_median_ms']:.1f} ({row['latency_min_ms']:.1f}-"
+            f"{row['latency_max_ms']:.1f})",
+            f"{row['time_vs_ours']:.3f}",
+        ]
+        line += [f"{row['time_vs_reference']:.3f}"] if with_reference else []
+        line += [f"{row['same_class_as_ours']:.4%}"]
+        lines.append(line)
+    return tabulate(lines, headers=headers, tablefmt="pipe")
 
 
 def describe_run(args, cfg) -> Dict[str, Any]:
