@@ -4,8 +4,8 @@ refused.
 
 ONNX and torch.export's .pt2 are tested at two sizes (one odd) of the demo config and of the
 R-50 mmsegmentation recipe. AOTInductor generates and compiles C++ for 40 s to 2 min a model on
-2 cores, so every run tests it at the odd size of the demo config, and
-POINTREND_SEM_TEST_AOTI=1 at all four.
+2 cores (85 s of the suite's 5-minute budget at one size), so it is tested when
+POINTREND_SEM_TEST_AOTI=1 (all four), not in every run.
 """
 
 import json
@@ -47,7 +47,7 @@ CONFIGS = {
     ),
 }  # fmt: skip
 SIZES = [(64, 96), (61, 83)]  # the second is padded to the backbone's size divisibility
-# AOTInductor in every run: the demo config at the odd size; this set to 1: all of CONFIGS x SIZES
+# AOTInductor is tested with this set to 1: all of CONFIGS x SIZES
 ALL_AOTI_ENV = "POINTREND_SEM_TEST_AOTI"
 MIN_SAME_CLASS, MAX_REL_DIFF = 0.9999, 1e-4
 
@@ -138,8 +138,8 @@ def test_exported_file_reproduces_pytorch(models, exports, name, size, fmt):
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_aoti_package_reproduces_pytorch(models, exports, name, size):
-    if (name, size) != ("demo", SIZES[1]) and os.environ.get(ALL_AOTI_ENV) != "1":
-        pytest.skip(f"AOTInductor compiles for up to 2 min a model; {ALL_AOTI_ENV}=1 runs all")
+    if os.environ.get(ALL_AOTI_ENV) != "1":
+        pytest.skip(f"AOTInductor compiles for up to 2 min a model; {ALL_AOTI_ENV}=1 runs it")
     if cpp_compiler() is None:  # what a user gets then: test_capabilities.py, the one line
         pytest.skip("AOTInductor needs a C++ compiler ($CXX or g++), and none is on PATH")
     _, model, _ = models[name]
