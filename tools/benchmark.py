@@ -12,6 +12,8 @@
         SOLVER.AMP.ENABLED True
     python tools/benchmark.py --config-file configs/cityscapes_r50.yaml --threads 2 \
         --memory-under-load 120
+    python tools/benchmark.py --config-file configs/cityscapes_r50.yaml --weights model.pth \
+        --exported fp32.onnx --exported int8.onnx --threads 2
 
 Device: ``--device cpu`` or ``--device cuda``; without it, ``MODEL.DEVICE`` when given among the
 command line's overrides, else cpu (a config file's MODEL.DEVICE, detectron2's default "cuda"
@@ -70,6 +72,11 @@ times (the same image for every run):
   of the medians), and the fraction of pixels whose predicted class agrees. Both references run
   on --device, taking the image from host memory at each pass as ours does; mmsegmentation's
   model is run through ``mmseg_logits``, one image after the other;
+* --exported PATH (repeatable): each file of ``tools/export_model.py`` (fp32 or int8 ONNX, ...)
+  run as ``pointrend_sem.export.runner`` runs it, alternating with ours, eager bf16 (on a CPU
+  with bf16 units, when ours runs fp32) and the --compare reference; a second table gives each
+  one's latency, its time relative to ours and to the reference, and its pixels with our class
+  (``benchmarking/exported.py``);
 * --memory-under-load N (alone, CPU): the resident memory of a ``SemSegPredictor`` of the config
   fed N random images of random sizes, per allocator setting (--memory-settings), each in a
   process of its own (``benchmarking/memory_under_load.py``).

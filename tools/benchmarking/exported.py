@@ -93,7 +93,8 @@ def side_by_side(
     records: Dict[str, Dict[str, Any]], descriptions: Dict[str, str], agreement
 ) -> List[Dict[str, Any]]:
     """One row per contender of ``records`` (:func:`.measure.time_alternating`), in the order
-    of ``descriptions`` (name -> what it is): median, min and max latency (ms), time relative to
+    of ``descriptions`` (name -> what it is): median, min and max latency (ms) and each run's
+    (in the order the rounds ran: one round times every contender once), time relative to
     ours and to the reference (when there is one), and the fraction of pixels with our class
     (``agreement(ours_labels, its_labels)``)."""
     medians = {name: float(np.median(r["seconds"])) * 1e3 for name, r in records.items()}
@@ -105,6 +106,7 @@ def side_by_side(
             "latency_median_ms": medians[name],
             "latency_min_ms": min(seconds) * 1e3,
             "latency_max_ms": max(seconds) * 1e3,
+            "latency_runs_ms": [t * 1e3 for t in seconds],
             "time_vs_ours": medians[name] / medians["ours"],
             "same_class_as_ours": agreement(records["ours"]["labels"], records[name]["labels"]),
         }
