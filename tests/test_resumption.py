@@ -13,7 +13,18 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_MODEL, kill_all, load_config, load_script, run_command, tail_of
+from conftest import (
+    REPO_ROOT,
+    TINY_MODEL,
+    child_env,
+    kill_all,
+    load_config,
+    load_script,
+    run_command,
+    run_script,
+    tail_of,
+)
+from detectron2.engine import HookBase
 from tiny_demo import assert_same_weights, stream_iterations, train_net_command
 
 from pointrend_sem.data.resumable_loader import (
@@ -177,70 +188,154 @@ def test_a_stop_request_abandons_an_evaluation_at_its_next_batch(monkeypatch):
     assert seen == [1] and stop.abandoned_evaluation
 
 
+class SignalInTheFirstStep(HookBase):
+    """A hook that sends ``signum`` to this process during the first iteration of a run."""
+
+    def __init__(self, signum):
+        self.signum = signum
+
+    def before_step(self):
+        if self.trainer.iter == self.trainer.start_iter:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_a_stop_in_the_first_iteration_saves_it_and_writes_its_metrics_once(tmp_path, monkeypatch):
+    """A stop within detectron2's 3 timing warm-up iterations of a start (the first, with metrics
+    written every iteration): a checkpoint at that iteration, exit status 75, one metrics row
+    for it (a second write divided by zero in detectron2's console printer), the train loader
+    released."""
+    from pointrend_sem.engine import Trainer
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
+    output_dir = tmp_path / "out"
+    opts = [*TINY_MODEL, "SOLVER.MAX_ITER", "3", "LOG_PERIOD", "1", "DATASETS.TEST", "()"]
+    opts += ["SOLVER.CHECKPOINT_ON_SIGNALS", "('SIGUSR2',)", "OUTPUT_DIR", str(output_dir)]
+    trainer = Trainer(load_config("demo_synthetic.yaml", opts))
+    trainer.register_hooks([SignalInTheFirstStep(signal.SIGUSR2)])
+    with pytest.raises(SystemExit) as stopped:
+        trainer.train()
+    assert stopped.value.code == STOPPED_EXIT_CODE
+    assert (output_dir / "last_checkpoint").read_text() == "model_0000000.pth"
+    assert stream_iterations(output_dir) == [0]
+    assert trainer._trainer._data_loader_iter_obj is None
+    assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
+
+
 # --- end to end ------------------------------------------------------------------------------
 
 
-def stop_when_training_reaches(proc, output_dir, iteration, send, timeout=240):
-    """Wait until ``output_dir``'s metrics show ``iteration``, then ``send(proc)``."""
+def stop_when_training_reaches(proc, output_dir, iteration, send, *, rows_before=0, timeout=240):
+    """Wait until ``output_dir``'s metrics show ``iteration`` in a row after the first
+    ``rows_before`` ones (those of earlier runs in that folder), then ``send(proc)``."""
     deadline = time.time() + timeout
     while proc.poll() is None and time.time() < deadline:
-        if max(stream_iterations(output_dir), default=-1) >= iteration:
+        if max(stream_iterations(output_dir)[rows_before:], default=-1) >= iteration:
             send(proc)
             return
         time.sleep(0.05)
-    raise AssertionError("training did not reach iteration {iteration}")
+    raise AssertionError(f"training did not reach iteration {iteration}")
 
 
-def killpg(signum):
-    return lambda proc: os.killpg(proc.pid, signum)  # every process of the job, as SLURM does
+def signal_job_at(output_dir, log_name, signum, iteration, *extra, opts=()):
+    """Run the tiny demo in a process group of its own (flags ``extra``, e.g. ``--resume``);
+    once this run's metrics show ``iteration``, send ``signum`` to every process of the group, as
+    SLURM does. Returns the exit status and the log."""
+    rows_before = len(stream_iterations(output_dir))
+    cmd, env = train_net_command(output_dir, *extra, opts=opts)
+    log_path = output_dir.parent / f"{log_name}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=child_env(env), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        send = lambda proc: os.killpg(proc.pid, signum)  # noqa: E731
+        stop_when_training_reaches(proc, output_dir, iteration, send, rows_before=rows_before)
+        returncode = proc.wait(timeout=120)
+    finally:
+        kill_all(proc)
+    return returncode, tail_of(log_path, None)
 
 
-def stopped_iteration(output_dir):
+def checkpointed_iteration(output_dir):
     checkpoint = (output_dir / "last_checkpoint").read_text().strip()
     return torch.load(output_dir / checkpoint, weights_only=False)["iteration"]
 
 
-def stop_and_resume(output_dir, signum, *extra):
-    """Start the tiny demo, signal its process group at iteration 4 (checkpoints are periodic at
-    3, 7 and 11), check the stop, resume to the end; returns the stop iteration."""
-    cmd, env = train_net_command(output_dir, *extra)
-    with open(f"{output_dir}.log", "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        stop_when_training_reaches(proc, output_dir, 4, killpg(signum))
-        returncode = proc.wait(timeout=120)
-    finally:
-        kill_all(proc)
-    log = tail_of(f"{output_dir}.log", None)
+def assert_stopped_by(signum, returncode, log, output_dir, between):
+    """A stop by ``signum``: exit status 75, a checkpoint at the stop iteration (returned), which
+    lies in ``between`` (the iterations after one periodic checkpoint, before the next), and the
+    log line that says so and how to resume."""
     assert returncode == STOPPED_EXIT_CODE, log[-3000:]
-    iteration = stopped_iteration(output_dir)
-    assert 4 <= iteration < 7, iteration  # between the periodic checkpoints of 3 and 7
+    iteration = checkpointed_iteration(output_dir)
+    assert iteration in between, iteration
     line = next(line for line in log.splitlines() if "Resume with:" in line)
     assert f"{signum.name} " in line and f"stopped at iteration {iteration}" in line
     assert "Traceback" not in log and "resource_tracker" not in log, log[-3000:]
-
-    resumed = run_command(train_net_command(output_dir, "--resume", *extra)[0], env=env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Starting training from iteration {iteration + 1}" in resumed.stdout + resumed.stderr
     return iteration
 
 
-def test_sigterm_stops_with_a_checkpoint_and_resume_is_bitwise_exact(tmp_path, reference_weights):
-    stop_and_resume(tmp_path / "stopped", signal.SIGTERM)
-    assert_same_weights(tmp_path / "stopped" / "model_final.pth", reference_weights)
+def resume_to_the_end(output_dir, from_iteration, *extra, opts=()):
+    cmd, env = train_net_command(output_dir, "--resume", *extra, opts=opts)
+    resumed = run_command(cmd, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert f"Starting training from iteration {from_iteration}" in log
+    assert torch.load(output_dir / "model_final.pth", weights_only=False)["iteration"] == 11
+    return log
 
 
-def test_two_processes_stop_on_sigusr1_and_resume_bitwise_exact(tmp_path):
+def test_sigkill_then_sigterm_then_resume_is_the_uninterrupted_run(tmp_path, reference_weights):
+    """One run stopped twice, as a cluster may: SIGKILL (no warning) right after the periodic
+    checkpoint of iteration 3, resumed from it; then SIGTERM at an iteration before the next
+    periodic checkpoint (7): a checkpoint at that iteration and exit 75; resumed to the end. Each
+    resumption must be exact for the final weights to be the uninterrupted run's, bit for bit."""
+    output_dir = tmp_path / "run"
+    returncode, log = signal_job_at(output_dir, "killed", signal.SIGKILL, 3)
+    assert returncode == -signal.SIGKILL, log[-3000:]
+    assert checkpointed_iteration(output_dir) == 3
+
+    returncode, log = signal_job_at(output_dir, "terminated", signal.SIGTERM, 4, "--resume")
+    assert "Starting training from iteration 4" in log
+    stopped_at = assert_stopped_by(signal.SIGTERM, returncode, log, output_dir, range(4, 7))
+
+    resume_to_the_end(output_dir, stopped_at + 1)
+    assert_same_weights(output_dir / "model_final.pth", reference_weights)
+
+
+SYNC_BN = ["MODEL.RESNETS.NORM", "SyncBN", "MODEL.SEM_SEG_HEAD.NORM", "SyncBN"]
+EVALUATED = ["DATASETS.TEST", "('synthetic_shapes_sem_seg_val',)"]
+METRICS = os.path.join("inference", "synthetic_shapes_sem_seg_val", "sem_seg_evaluation.pth")
+
+
+def test_two_processes_stop_on_sigusr1_resume_bitwise_exact_and_evaluate_as_one(tmp_path):
+    """Two gloo processes with synchronized BN and a DataLoader worker each: stopped by SIGUSR1,
+    resumed, the final weights are the uninterrupted 2-process run's, bit for bit. Both runs end
+    with detectron2's evaluation in both processes, whose metrics equal those of evaluating the
+    final weights in one process."""
     two = ["--num-gpus", "2", "--dist-url", "auto"]
+    opts = SYNC_BN + EVALUATED
     reference = tmp_path / "reference"
-    cmd, env = train_net_command(reference, *two)
+    cmd, env = train_net_command(reference, *two, opts=opts)
     proc = run_command(cmd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    stop_and_resume(tmp_path / "stopped", signal.SIGUSR1, *two)
-    assert_same_weights(tmp_path / "stopped" / "model_final.pth", reference / "model_final.pth")
+    log = proc.stdout + proc.stderr
+    assert "SyncBN replaced by naiveSyncBN" in log
+    assert "plain BatchNorm layers" not in log  # SyncBN: buffers stay per process (no broadcast)
+    assert "Rank of current process: 0. World size: 2" in log
+
+    stopped = tmp_path / "stopped"
+    returncode, log = signal_job_at(stopped, "stopped", signal.SIGUSR1, 4, *two, opts=opts)
+    stopped_at = assert_stopped_by(signal.SIGUSR1, returncode, log, stopped, range(4, 7))
+    assert not (stopped / METRICS).exists()  # no evaluation before the end
+    resume_to_the_end(stopped, stopped_at + 1, *two, opts=opts)
+    assert_same_weights(stopped / "model_final.pth", reference / "model_final.pth")
+
+    cmd, env = train_net_command(tmp_path / "eval1", "--eval-only", opts=opts)
+    run_script(cmd + ["MODEL.WEIGHTS", str(reference / "model_final.pth")], env=env, check=True)
+    single = torch.load(tmp_path / "eval1" / METRICS, weights_only=False)
+    assert torch.load(reference / METRICS, weights_only=False) == single
+    assert torch.load(stopped / METRICS, weights_only=False) == single
 
 
 NO_WORKERS = ["DATALOADER.NUM_WORKERS", "0"]

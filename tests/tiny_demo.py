@@ -1,5 +1,5 @@
-"""The tiny demo that the resumption tests train, stop and resume (tests/test_resume.py,
-tests/test_resumption.py), and what they compare."""
+"""The tiny demo that the resumption tests train, stop and resume (tests/test_resumption.py),
+and what they compare."""
 
 import json
 import os

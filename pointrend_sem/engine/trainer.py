@@ -108,20 +108,26 @@ class Trainer(DefaultTrainerWithHooks):
 
     def build_hooks(self):
         """detectron2's hooks, its PeriodicWriter (every 20 iterations) replaced by one that
-        writes every ``cfg.LOG_PERIOD`` iterations, then :class:`ExactResumption` and
+        writes every ``cfg.LOG_PERIOD`` iterations, with :class:`ExactResumption` and
         :class:`CheckpointOnSignal` (:mod:`.resumption`: exact resumption, a checkpoint on
-        ``SOLVER.CHECKPOINT_ON_SIGNALS``). The new writer hook takes the writers that
-        ``DefaultTrainer.build_hooks`` built through :meth:`build_writers`, so each writer
-        (metrics.json opened for appending, TensorBoard's event file) exists once."""
+        ``SOLVER.CHECKPOINT_ON_SIGNALS``) before the writer. The new writer hook takes the
+        writers that ``DefaultTrainer.build_hooks`` built through :meth:`build_writers`, so each
+        writer (metrics.json opened for appending, TensorBoard's event file) exists once.
+
+        The stop hook comes before the writer: a stop ends its iteration before the writer
+        writes it, and the writer's ``after_train`` writes it once. Written twice, the console
+        printer divides by the iterations since its last write (zero) when the stop comes
+        within detectron2's 3 timing warm-up iterations of a start."""
         cfg = self.cfg
-        return [
+        built = [
             (
                 hooks.PeriodicWriter(self._metric_writers, period=cfg.LOG_PERIOD)
                 if isinstance(hook, hooks.PeriodicWriter)
                 else hook
             )
             for hook in super().build_hooks()
-        ] + [
+        ]
+        resumption = [
             ExactResumption(self.data_loader, cfg.SEED, cfg.SOLVER.IMS_PER_BATCH),
             CheckpointOnSignal(
                 parse_signals(cfg.SOLVER.CHECKPOINT_ON_SIGNALS),
@@ -129,6 +135,20 @@ class Trainer(DefaultTrainerWithHooks):
                 self.release_train_loader,
             ),
         ]
+        writer_at = next(
+            (i for i, hook in enumerate(built) if isinstance(hook, hooks.PeriodicWriter)),
+            len(built),
+        )
+        return built[:writer_at] + resumption + built[writer_at:]
+
+    def train(self):
+        """:meth:`DefaultTrainer.train`; the train loader's workers are stopped on every way out,
+        also when a hook's ``after_train`` raised before the one that stops them (they ignore
+        the stop signals, and at interpreter exit multiprocessing would wait for them)."""
+        try:
+            return super().train()
+        finally:
+            self.release_train_loader()
 
     def release_train_loader(self) -> None:
         """Stop the train loader's workers now: the step trainer drops its iterator
