@@ -107,6 +107,7 @@ def resumed(cfg):
     return trainer
 
 
+@pytest.mark.slow
 def test_trainer_resumes_across_amp_on_and_off(tmp_path, monkeypatch, caplog):
     """Train 2 iterations without AMP; resume with AMP to 3 (bf16 on CPU); resume from that
     checkpoint, given a CUDA run's scaler state, without AMP to 4; and resume the first

@@ -137,6 +137,7 @@ def test_checkpoint_for_another_number_of_classes_reports_skipped_head_weights(t
     assert torch.equal(three.state_dict()[backbone_key], five.state_dict()[backbone_key])
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint(tmp_path):
     out = tmp_path / "out"
     flags = ["--config-file", "configs/demo_synthetic.yaml"]
@@ -271,6 +272,7 @@ def test_empty_custom_dataset_is_one_line_naming_the_extensions(tmp_path):
     assert_one_line_error(proc, "gifs_val", "1 .gif", ".png", "image_ext")
 
 
+@pytest.mark.slow
 def test_user_error_in_a_process_of_launch_is_one_line(tmp_path):
     """With several processes the error is raised in a child: its line still comes back."""
     missing = str(tmp_path / "nope.pth")

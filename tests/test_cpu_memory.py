@@ -60,6 +60,7 @@ print(json.dumps(result))
 """
 
 
+@pytest.mark.slow
 def test_predictor_leaves_the_allocator_alone_and_the_flag_keeps_freed_memory():
     proc = subprocess.run(
         [sys.executable, "-c", FAULTS_PER_PASS], cwd=REPO_ROOT, capture_output=True, text=True

@@ -201,6 +201,7 @@ def test_metadata_addition_is_repeatable_and_keeps_existing_values(monkeypatch):
     assert meta.prepare_command == ADE20K_PREPARE_COMMAND
 
 
+@pytest.mark.slow
 def test_train_net_trains_and_evaluates_on_ade20k(prepared, tmp_path):
     """The ADE20K recipe through train_net.py on the prepared fixture, a small model."""
     root, _, _ = prepared

@@ -426,6 +426,7 @@ def test_cityscapes_image_id():
         cityscapes_image_id("/x/frankfurt_000000_000294.png")
 
 
+@pytest.mark.slow
 def test_train_net_trains_and_evaluates_on_cityscapes(prepared, tmp_path):
     """The Cityscapes recipe through train_net.py on the prepared fixture, a small model, with
     detectron2's mIoU and the official evaluation."""

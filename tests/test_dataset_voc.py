@@ -244,6 +244,7 @@ def test_missing_file_is_named(tmp_path, monkeypatch, folder, name, split):
         DatasetCatalog.get(f"voc_2012_sem_seg_{split}")
 
 
+@pytest.mark.slow
 def test_train_net_trains_and_evaluates_on_voc(prepared, tmp_path):
     """The VOC recipe through train_net.py, with a small model (conftest.TINY_MODEL)."""
     root, _ = prepared

@@ -86,6 +86,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_two_processes_evaluate_the_same_statistics(tmp_path):
     kwargs = ddp_arguments(conv_with(nn.BatchNorm2d(4)), "cpu", 2)
     with socket.socket() as s:

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 from conftest import run_script
 
@@ -16,6 +17,7 @@ def run_train_net(tmp_path, *args):
     return proc
 
 
+@pytest.mark.slow
 def test_train_then_eval_only_gives_the_same_metrics(tmp_path):
     train_dir = tmp_path / "train"
     run_train_net(

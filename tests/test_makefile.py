@@ -25,6 +25,7 @@ def make_n(target, *variables, env=None):
     return proc.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_nothing_is_installed_when_everything_imports():
     """This machine is set up (the tests run): no pip, no clone; then the commands themselves."""
     demo, test = make_n("demo"), make_n("test")
@@ -76,6 +77,7 @@ def hide(tmp_path, module):
     return dict(os.environ, PYTHONPATH=path)
 
 
+@pytest.mark.slow
 def test_only_the_missing_piece_is_installed(tmp_path):
     """detectron2 hidden from this Python: its step alone."""
     demo = make_n("demo", env=hide(tmp_path, "detectron2"))

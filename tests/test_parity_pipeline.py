@@ -185,6 +185,7 @@ MMSEG_OPTS = ["MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN"]
 MMSEG_OPTS += ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config, num_classes, scale, sizes",
     [
@@ -210,6 +211,7 @@ def test_mmseg_test_path_on_files(tmp_path, config, num_classes, scale, sizes):
         assert agreement(got, exp) >= MIN_AGREEMENT, file
 
 
+@pytest.mark.slow
 def test_mmseg_multi_scale_flip_on_a_file(tmp_path):
     """mmsegmentation's TTA machinery (``TestTimeAug`` views merged by ``SegTTAModel``: softmax
     at the original size, flipped back, averaged) on mmsegmentation 0.x's views
@@ -251,6 +253,7 @@ def test_mmseg_multi_scale_flip_on_a_file(tmp_path):
 # -------------------------------------------------------- detectron2's DefaultPredictor path
 
 
+@pytest.mark.slow
 def test_detectron2_default_predictor_path_on_a_file(tmp_path):
     """detectron2's Cityscapes test (short side 1024, long side at most 2048) shrunk to
     256 / 512, at ResNet-18; enough subdivision points to refine every cell on both sides

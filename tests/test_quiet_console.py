@@ -7,6 +7,7 @@ import os
 import sys
 import warnings
 
+import pytest
 from conftest import REPO_ROOT, load_script, logging_left_as_found, run_command
 
 from pointrend_sem.console import KNOWN_IMPORT_WARNINGS, known_import_warnings_silenced
@@ -27,6 +28,7 @@ def test_only_the_known_warning_is_silenced_and_only_inside():
                      (known[:14], "_script.py")]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_export_logs_library_info_only_when_verbose(tmp_path):
     """A command starts and exports without the import warnings (its first import is
     pointrend_sem, as in every entry point) and without the exporter's library INFO lines."""

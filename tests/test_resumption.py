@@ -285,6 +285,7 @@ def resume_to_the_end(output_dir, from_iteration, *extra, opts=()):
     return log
 
 
+@pytest.mark.slow
 def test_sigkill_then_sigterm_then_resume_is_the_uninterrupted_run(tmp_path, reference_weights):
     """One run stopped twice, as a cluster may: SIGKILL (no warning) right after the periodic
     checkpoint of iteration 3, resumed from it; then SIGTERM at an iteration before the next
@@ -308,6 +309,7 @@ EVALUATED = ["DATASETS.TEST", "('synthetic_shapes_sem_seg_val',)"]
 METRICS = os.path.join("inference", "synthetic_shapes_sem_seg_val", "sem_seg_evaluation.pth")
 
 
+@pytest.mark.slow
 def test_two_processes_stop_on_sigusr1_resume_bitwise_exact_and_evaluate_as_one(tmp_path):
     """Two gloo processes with synchronized BN and a DataLoader worker each: stopped by SIGUSR1,
     resumed, the final weights are the uninterrupted 2-process run's, bit for bit. Both runs end
@@ -366,6 +368,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_a_failing_process_ends_the_job_and_names_its_error(tmp_path):
     script = tmp_path / "failing_rank.py"
     failed_at = tmp_path / "failed_at"
@@ -385,6 +388,7 @@ def test_a_failing_process_ends_the_job_and_names_its_error(tmp_path):
     assert tail.strip().endswith("RuntimeError: injected failure of rank 1 at iteration 2")
 
 
+@pytest.mark.slow
 def test_submitit_job_requeued_after_preemption_resumes_exactly(tmp_path, reference_weights):
     pytest.importorskip("submitit")
     submit_slurm = load_script("tools/submit_slurm.py")

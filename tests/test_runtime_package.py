@@ -4,6 +4,7 @@ implementation, neither mmsegmentation nor mmcv nor a stand-in for ``mmcv.ops`` 
 
 import sys
 
+import pytest
 from conftest import run_command
 
 CHECK = (
@@ -12,6 +13,7 @@ CHECK = (
 )
 
 
+@pytest.mark.slow
 def test_importing_the_package_loads_no_reference_implementation():
     proc = run_command([sys.executable, "-c", CHECK])
     assert proc.returncode == 0, proc.stderr[-3000:]

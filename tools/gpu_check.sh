@@ -12,12 +12,14 @@ PYTHON=${PYTHON:-python}
 status=0
 
 echo "== machine"
-"$PYTHON" -m pointrend_sem || status=1
+machine=$("$PYTHON" -m pointrend_sem) || status=1
+echo "$machine"
 
 echo "== CUDA tests (pytest -m cuda tests/test_gpu.py)"
 POINTREND_SEM_TEST_CUDA=1 "$PYTHON" -m pytest -m cuda tests/test_gpu.py -n 0 -rs -s -q || status=1
 
-if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+# its first line: "torch <version> (CUDA <version>, GPU visible: True|False)"
+if grep -q "GPU visible: True" <<<"$machine"; then
   echo "== benchmark on CUDA (1024x2048, R-50, random weights)"
   "$PYTHON" tools/benchmark.py --config-file configs/cityscapes_r50.yaml --device cuda \
       --runs 5 --warmup 2 MODEL.RESNETS.NORM BN MODEL.SEM_SEG_HEAD.NORM BN || status=1
