@@ -316,10 +316,16 @@ def tiny_train_net(config: str, datasets_root, output_dir, *opts) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` run first, so that pytest-xdist's workers, stealing the short ones
-    from each other at the end, finish together. Tests marked ``cuda`` need a visible GPU
-    (``POINTREND_SEM_TEST_CUDA=1`` on a GPU host)."""
-    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order otherwise
+    """Tests marked ``slow`` run first, the longest first (``slow(seconds=...)``, default 10),
+    so that pytest-xdist's workers, stealing the short ones from each other at the end, finish
+    together. Tests marked ``cuda`` need a visible GPU (``POINTREND_SEM_TEST_CUDA=1`` on a GPU
+    host)."""
+
+    def expected_seconds(item):
+        slow = item.get_closest_marker("slow")
+        return slow.kwargs.get("seconds", 10) if slow else 0
+
+    items.sort(key=expected_seconds, reverse=True)  # stable: file order otherwise
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason=f"needs a CUDA GPU, visible with {CUDA_ENV}=1")

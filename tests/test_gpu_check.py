@@ -7,7 +7,7 @@ import pytest
 from conftest import run_command
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=12)
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_runs_here_and_names_what_it_skipped():
     proc = run_command(["bash", "tools/gpu_check.sh"])

@@ -15,10 +15,10 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU 
 PIP = "-m pip install"
 
 
-def make_n(target, *variables, env=None):
-    """The commands ``make -n target`` prints, one per line (also when this runs under make,
-    whose MAKEFLAGS would add "Entering directory" lines)."""
-    cmd = ["make", "--no-print-directory", "-n", target, f"PYTHON={sys.executable}", *variables]
+def make_n(*targets_and_variables, env=None):
+    """The commands ``make -n target... [VAR=value...]`` prints, one per line (also when this
+    runs under make, whose MAKEFLAGS would add "Entering directory" lines)."""
+    cmd = ["make", "--no-print-directory", "-n", f"PYTHON={sys.executable}", *targets_and_variables]
     env = {k: v for k, v in (os.environ if env is None else env).items() if k != "MAKEFLAGS"}
     proc = run_command(cmd, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -27,9 +27,11 @@ def make_n(target, *variables, env=None):
 
 @pytest.mark.slow
 def test_nothing_is_installed_when_everything_imports():
-    """This machine is set up (the tests run): no pip, no clone; then the commands themselves."""
-    demo, test = make_n("demo"), make_n("test")
-    assert not [line for line in demo + test if PIP in line or "git clone" in line]
+    """This machine is set up (the tests run): no pip, no clone; then the commands themselves
+    (one make for both goals, which prints demo's command first: one set-up probe)."""
+    lines = make_n("demo", "test")
+    assert not [line for line in lines if PIP in line or "git clone" in line]
+    demo, test = lines[:1], lines[1:]
     assert demo == [f"{sys.executable} train_net.py --config-file configs/demo_synthetic.yaml"]
     assert test[-1] == f"{sys.executable} -m pytest tests"
     assert any("black --check" in line for line in test) and any("flake8" in line for line in test)

@@ -28,7 +28,7 @@ def test_only_the_known_warning_is_silenced_and_only_inside():
                      (known[:14], "_script.py")]  # fmt: skip
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=17)
 def test_export_logs_library_info_only_when_verbose(tmp_path):
     """A command starts and exports without the import warnings (its first import is
     pointrend_sem, as in every entry point) and without the exporter's library INFO lines."""

@@ -281,11 +281,11 @@ def resume_to_the_end(output_dir, from_iteration, *extra, opts=()):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
     assert f"Starting training from iteration {from_iteration}" in log
-    assert torch.load(output_dir / "model_final.pth", weights_only=False)["iteration"] == 11
+    assert torch.load(output_dir / "model_final.pth", weights_only=False)["iteration"] == 7
     return log
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=40)
 def test_sigkill_then_sigterm_then_resume_is_the_uninterrupted_run(tmp_path, reference_weights):
     """One run stopped twice, as a cluster may: SIGKILL (no warning) right after the periodic
     checkpoint of iteration 3, resumed from it; then SIGTERM at an iteration before the next
@@ -309,16 +309,17 @@ EVALUATED = ["DATASETS.TEST", "('synthetic_shapes_sem_seg_val',)"]
 METRICS = os.path.join("inference", "synthetic_shapes_sem_seg_val", "sem_seg_evaluation.pth")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=90)
 def test_two_processes_stop_on_sigusr1_resume_bitwise_exact_and_evaluate_as_one(tmp_path):
     """Two gloo processes with synchronized BN and a DataLoader worker each: stopped by SIGUSR1,
-    resumed, the final weights are the uninterrupted 2-process run's, bit for bit. Both runs end
-    with detectron2's evaluation in both processes, whose metrics equal those of evaluating the
-    final weights in one process."""
+    resumed, the final weights are the uninterrupted 2-process run's, bit for bit. The resumed
+    run ends with detectron2's evaluation in both processes, whose metrics equal those of
+    evaluating the final weights in one process. (The uninterrupted run does not evaluate: an
+    evaluation after the last checkpoint does not change the weights.)"""
     two = ["--num-gpus", "2", "--dist-url", "auto"]
     opts = SYNC_BN + EVALUATED
     reference = tmp_path / "reference"
-    cmd, env = train_net_command(reference, *two, opts=opts)
+    cmd, env = train_net_command(reference, *two, opts=SYNC_BN)
     proc = run_command(cmd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
@@ -334,9 +335,8 @@ def test_two_processes_stop_on_sigusr1_resume_bitwise_exact_and_evaluate_as_one(
     assert_same_weights(stopped / "model_final.pth", reference / "model_final.pth")
 
     cmd, env = train_net_command(tmp_path / "eval1", "--eval-only", opts=opts)
-    run_script(cmd + ["MODEL.WEIGHTS", str(reference / "model_final.pth")], env=env, check=True)
+    run_script(cmd + ["MODEL.WEIGHTS", str(stopped / "model_final.pth")], env=env, check=True)
     single = torch.load(tmp_path / "eval1" / METRICS, weights_only=False)
-    assert torch.load(reference / METRICS, weights_only=False) == single
     assert torch.load(stopped / METRICS, weights_only=False) == single
 
 
@@ -368,7 +368,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=17)
 def test_a_failing_process_ends_the_job_and_names_its_error(tmp_path):
     script = tmp_path / "failing_rank.py"
     failed_at = tmp_path / "failed_at"
@@ -388,7 +388,7 @@ def test_a_failing_process_ends_the_job_and_names_its_error(tmp_path):
     assert tail.strip().endswith("RuntimeError: injected failure of rank 1 at iteration 2")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_submitit_job_requeued_after_preemption_resumes_exactly(tmp_path, reference_weights):
     pytest.importorskip("submitit")
     submit_slurm = load_script("tools/submit_slurm.py")
