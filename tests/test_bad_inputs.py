@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, load_config, run_command, run_script
+from conftest import REPO_ROOT, load_config, run_script
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -55,9 +55,9 @@ def child_env(tmp_path, debug=False):
     return env
 
 
-def run_train_net(tmp_path, *args, debug=False, in_process=True):
+def run_train_net(tmp_path, *args, debug=False):
     cmd = [sys.executable, "train_net.py", *args]
-    return (run_script if in_process else run_command)(cmd, env=child_env(tmp_path, debug))
+    return run_script(cmd, env=child_env(tmp_path, debug))
 
 
 def last_line(text):

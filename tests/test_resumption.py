@@ -249,8 +249,9 @@ def signal_job_at(output_dir, log_name, signum, iteration, *extra, opts=()):
             start_new_session=True,
         )  # fmt: skip
     try:
-        send = lambda proc: os.killpg(proc.pid, signum)  # noqa: E731
-        stop_when_training_reaches(proc, output_dir, iteration, send, rows_before=rows_before)
+        stop_when_training_reaches(
+            proc, output_dir, iteration, lambda p: os.killpg(p.pid, signum), rows_before=rows_before
+        )
         returncode = proc.wait(timeout=120)
     finally:
         kill_all(proc)

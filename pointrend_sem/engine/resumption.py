@@ -19,7 +19,7 @@ is all: the data loader and the generators have no state that the iteration does
 
 import logging
 import random
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -112,12 +112,13 @@ class ExactResumption(HookBase):
 class CheckpointOnSignal(HookBase):
     """Stops training with a checkpoint on the first of ``signals`` (see the module's doc).
     Register it after the hooks whose ``after_step`` must complete the iteration (LR scheduler,
-    periodic checkpointer, evaluation)."""
+    periodic checkpointer, evaluation) and before detectron2's ``PeriodicWriter``
+    (``Trainer.build_hooks`` says why). The trainer stops the train loader's workers when
+    training ends, whichever way (``Trainer.train``): they ignore the stop signals."""
 
-    def __init__(self, signals: Sequence, checkpointer, release_train_loader: Callable[[], None]):
+    def __init__(self, signals: Sequence, checkpointer):
         self.stop = StopSignals(signals)
         self._checkpointer = checkpointer
-        self._release_train_loader = release_train_loader
         self._group = None
         self._handled = False
         self.abandoned_evaluation = False
@@ -163,9 +164,6 @@ class CheckpointOnSignal(HookBase):
     def after_train(self):
         global _active_stop
         _active_stop = None
-        # the train loader's workers ignore the stop signals: stop them now, on any way out
-        # (not at interpreter exit, where multiprocessing would SIGTERM them and wait)
-        self._release_train_loader()
         if self.stop.requested and not self._handled and self.abandoned_evaluation:
             self._finish_stop("training had ended; the final evaluation was abandoned")
         self.stop.uninstall()

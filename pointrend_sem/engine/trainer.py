@@ -129,11 +129,7 @@ class Trainer(DefaultTrainerWithHooks):
         ]
         resumption = [
             ExactResumption(self.data_loader, cfg.SEED, cfg.SOLVER.IMS_PER_BATCH),
-            CheckpointOnSignal(
-                parse_signals(cfg.SOLVER.CHECKPOINT_ON_SIGNALS),
-                self.checkpointer,
-                self.release_train_loader,
-            ),
+            CheckpointOnSignal(parse_signals(cfg.SOLVER.CHECKPOINT_ON_SIGNALS), self.checkpointer),
         ]
         writer_at = next(
             (i for i, hook in enumerate(built) if isinstance(hook, hooks.PeriodicWriter)),
@@ -142,9 +138,9 @@ class Trainer(DefaultTrainerWithHooks):
         return built[:writer_at] + resumption + built[writer_at:]
 
     def train(self):
-        """:meth:`DefaultTrainer.train`; the train loader's workers are stopped on every way out,
-        also when a hook's ``after_train`` raised before the one that stops them (they ignore
-        the stop signals, and at interpreter exit multiprocessing would wait for them)."""
+        """:meth:`DefaultTrainer.train`; the train loader's workers are stopped on every way out
+        (a stop signal, an error, also in a hook's ``after_train``): they ignore the stop signals,
+        and at interpreter exit multiprocessing would SIGTERM them and wait for them."""
         try:
             return super().train()
         finally:
